@@ -1,0 +1,95 @@
+"""Settings, read from `VOXTRAL_*` environment variables and from `.env`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_MODEL = "mistralai/Voxtral-Mini-3B-2507"
+
+
+class Settings(BaseSettings):
+    """Server configuration. Every field maps to `VOXTRAL_<NAME>`."""
+
+    model_config = SettingsConfigDict(env_prefix="VOXTRAL_", env_file=".env", extra="ignore")
+
+    model: str = Field(
+        DEFAULT_MODEL,
+        description="Hub id of a Voxtral checkpoint, or a local directory saved with save_pretrained.",
+    )
+    served_model_name: str | None = Field(
+        None,
+        description="Name clients send as `model` and that /v1/models lists. Default: VOXTRAL_MODEL for a "
+        "hub id, the directory name for a local checkpoint.",
+    )
+    model_aliases: str = Field(
+        "",
+        description="Comma-separated extra names accepted as `model` (for example `whisper-1`).",
+    )
+    host: str = Field("127.0.0.1", description="Interface to listen on.")
+    port: int = Field(11344, ge=1, le=65535, description="TCP port to listen on.")
+    device: Literal["auto", "cuda", "mps", "cpu"] = Field(
+        "auto", description="Where the model runs. auto picks CUDA, then MPS, then CPU."
+    )
+    dtype: Literal["auto", "bfloat16", "float16", "float32"] = Field(
+        "auto", description="Weight dtype. auto: bfloat16 on CUDA, bfloat16 or float16 on MPS, float32 on CPU."
+    )
+    max_upload_mb: float = Field(
+        100.0, gt=0, description="Largest request body in MiB; enforced while the body streams in."
+    )
+    max_audio_minutes: float = Field(
+        180.0, gt=0, description="Longest decoded audio in minutes; enforced while decoding."
+    )
+    chunk_seconds: float = Field(
+        30.0,
+        ge=1.0,
+        le=1800.0,
+        description="Longest chunk of audio per prompt; 30 s is one Voxtral encoder window.",
+    )
+    batch_size: int = Field(32, ge=1, description="Most chunks decoded together in one generate() call.")
+    max_tokens_per_audio_second: float = Field(
+        10.0,
+        gt=0,
+        description="New-token cap per chunk, per second of its audio (plus 32). 10/s is ~450 words a minute.",
+    )
+    preload: bool = Field(False, description="Load the model at startup instead of at the first request.")
+    log_level: Literal["critical", "error", "warning", "info", "debug"] = Field("info", description="Server log level.")
+
+    @field_validator("model")
+    @classmethod
+    def _strip_model(cls, value: str) -> str:
+        value = value.strip()
+        if not value:
+            raise ValueError("VOXTRAL_MODEL must not be empty")
+        return value
+
+    @property
+    def model_is_local(self) -> bool:
+        """True when VOXTRAL_MODEL names a directory rather than a hub id."""
+        return self.model.startswith(("/", ".", "~")) or Path(self.model).expanduser().is_dir()
+
+    @property
+    def model_name(self) -> str:
+        """The name clients use for the served model."""
+        if self.served_model_name:
+            return self.served_model_name
+        if self.model_is_local:
+            return Path(self.model).expanduser().resolve().name
+        return self.model
+
+    @property
+    def accepted_model_names(self) -> frozenset[str]:
+        """Every `model` value a request may carry."""
+        aliases = {a.strip() for a in self.model_aliases.split(",") if a.strip()}
+        return frozenset({self.model_name, self.model, *aliases})
+
+    @property
+    def max_upload_bytes(self) -> int:
+        return int(self.max_upload_mb * 1024 * 1024)
+
+    @property
+    def max_audio_seconds(self) -> float:
+        return self.max_audio_minutes * 60.0

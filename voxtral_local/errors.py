@@ -1,0 +1,84 @@
+"""Domain exceptions. The HTTP layer maps each `kind` to a status code in one place."""
+
+from __future__ import annotations
+
+from enum import Enum
+
+
+class ErrorKind(Enum):
+    """What went wrong, independent of transport."""
+
+    INVALID_REQUEST = "invalid_request"
+    PAYLOAD_TOO_LARGE = "payload_too_large"
+    MODEL_NOT_FOUND = "model_not_found"
+    MODEL_UNAVAILABLE = "model_unavailable"
+    INTERNAL = "internal"
+
+
+class VoxtralError(Exception):
+    """Base error with an OpenAI-style `code` and the offending `param`."""
+
+    kind = ErrorKind.INTERNAL
+    code = "internal_error"
+
+    def __init__(self, message: str, *, param: str | None = None, code: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+        if code is not None:
+            self.code = code
+
+
+class InvalidRequestError(VoxtralError):
+    """The request itself is wrong (a bad field, an unsupported option)."""
+
+    kind = ErrorKind.INVALID_REQUEST
+    code = "invalid_value"
+
+
+class AudioDecodeError(InvalidRequestError):
+    """The uploaded audio is empty, truncated or not decodable."""
+
+    code = "invalid_audio"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, param="file")
+
+
+class AudioTooLongError(InvalidRequestError):
+    """The audio decodes to more than the configured limit."""
+
+    code = "audio_too_long"
+
+    def __init__(self, limit_seconds: float, decoded_seconds: float) -> None:
+        super().__init__(
+            f"Audio is longer than the limit of {limit_seconds / 60:g} minutes "
+            f"(stopped decoding at {decoded_seconds:.1f} s).",
+            param="file",
+        )
+        self.limit_seconds = limit_seconds
+        self.decoded_seconds = decoded_seconds
+
+
+class PayloadTooLargeError(VoxtralError):
+    """The request body is larger than the upload limit."""
+
+    kind = ErrorKind.PAYLOAD_TOO_LARGE
+    code = "request_too_large"
+
+
+class ModelNotFoundError(VoxtralError):
+    """The request names a model this server does not serve."""
+
+    kind = ErrorKind.MODEL_NOT_FOUND
+    code = "model_not_found"
+
+    def __init__(self, model: str, served: str) -> None:
+        super().__init__(f"The model '{model}' does not exist on this server; it serves '{served}'.", param="model")
+
+
+class ModelUnavailableError(VoxtralError):
+    """The model cannot be loaded right now (missing files, no network, out of memory)."""
+
+    kind = ErrorKind.MODEL_UNAVAILABLE
+    code = "model_unavailable"
