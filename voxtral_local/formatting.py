@@ -1,0 +1,96 @@
+"""Render a `TranscriptionResult` as json, text, srt, vtt or verbose_json."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from .languages import language_name
+from .protocol import (
+    ResponseFormat,
+    Transcription,
+    TranscriptionSegment,
+    TranscriptionVerbose,
+    UsageDuration,
+)
+from .transcription import Segment, TranscriptionResult
+
+MEDIA_TYPES: dict[str, str] = {
+    "json": "application/json",
+    "verbose_json": "application/json",
+    "text": "text/plain; charset=utf-8",
+    "srt": "text/plain; charset=utf-8",
+    "vtt": "text/vtt; charset=utf-8",
+}
+
+
+def render(result: TranscriptionResult, response_format: ResponseFormat) -> tuple[str | dict[str, Any], str]:
+    """The body (a dict for JSON formats, else text) and its media type."""
+    media_type = MEDIA_TYPES[response_format]
+    if response_format == "json":
+        return _json(result), media_type
+    if response_format == "verbose_json":
+        return _verbose_json(result), media_type
+    if response_format == "srt":
+        return to_srt(result.segments), media_type
+    if response_format == "vtt":
+        return to_vtt(result.segments), media_type
+    return result.text + "\n", media_type
+
+
+def usage(result: TranscriptionResult) -> UsageDuration:
+    """Billing-style usage: audio seconds, rounded up."""
+    return UsageDuration(seconds=math.ceil(result.duration))
+
+
+def _json(result: TranscriptionResult) -> dict[str, Any]:
+    body = Transcription(text=result.text, usage=usage(result), truncated_segments=result.truncated_segments or None)
+    return body.model_dump(exclude_none=True)
+
+
+def _verbose_json(result: TranscriptionResult) -> dict[str, Any]:
+    body = TranscriptionVerbose(
+        language=language_name(result.language),
+        duration=result.duration,
+        text=result.text,
+        segments=[
+            TranscriptionSegment(
+                id=s.id,
+                seek=round(s.start * 100),  # Whisper's seek: offset in 10 ms mel frames
+                start=s.start,
+                end=s.end,
+                text=s.text,
+                tokens=s.tokens,
+                temperature=result.temperature,
+                avg_logprob=s.avg_logprob,
+                compression_ratio=s.compression_ratio,
+                no_speech_prob=s.no_speech_prob,
+            )
+            for s in result.segments
+        ],
+        usage=usage(result),
+        truncated_segments=result.truncated_segments or None,
+    )
+    return body.model_dump(exclude_none=True)
+
+
+def _timestamp(seconds: float, separator: str) -> str:
+    millis = round(seconds * 1000)
+    hours, millis = divmod(millis, 3_600_000)
+    minutes, millis = divmod(millis, 60_000)
+    secs, millis = divmod(millis, 1000)
+    return f"{hours:02d}:{minutes:02d}:{secs:02d}{separator}{millis:03d}"
+
+
+def to_srt(segments: list[Segment]) -> str:
+    """SubRip cues, numbered from 1; chunks with no speech are left out."""
+    cues = [s for s in segments if s.text]
+    return "".join(
+        f"{n}\n{_timestamp(s.start, ',')} --> {_timestamp(s.end, ',')}\n{s.text}\n\n" for n, s in enumerate(cues, 1)
+    )
+
+
+def to_vtt(segments: list[Segment]) -> str:
+    """WebVTT cues; chunks with no speech are left out."""
+    cues = "".join(f"{_timestamp(s.start, '.')} --> {_timestamp(s.end, '.')}\n{s.text}\n\n" for s in segments if s.text)
+    return "WEBVTT\n\n" + cues
