@@ -1,0 +1,45 @@
+"""`create_app(settings)`: the application factory."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+from starlette.concurrency import run_in_threadpool
+
+from .. import __version__
+from ..config import Settings
+from ..engine import VoxtralEngine
+from ..errors import ModelUnavailableError
+from ..transcription import TranscriptionService
+from . import routes_audio, routes_models
+from .body_limit import BodySizeLimit
+from .errors import install_error_handlers
+
+logger = logging.getLogger(__name__)
+
+
+def create_app(settings: Settings) -> FastAPI:
+    """Build the app; the engine is created by the lifespan and loaded at startup only with `preload`."""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        engine = VoxtralEngine(settings)
+        app.state.settings = settings
+        app.state.engine = engine
+        app.state.transcription = TranscriptionService(settings, engine)
+        if settings.preload:
+            try:
+                await run_in_threadpool(engine.load)
+            except ModelUnavailableError as exc:
+                logger.error("preload failed; requests will get 503 until it loads: %s", exc.message)
+        yield
+
+    app = FastAPI(title="voxtral-local", version=__version__, lifespan=lifespan)
+    install_error_handlers(app)
+    app.add_middleware(BodySizeLimit, max_bytes=settings.max_upload_bytes)
+    app.include_router(routes_audio.router)
+    app.include_router(routes_models.router)
+    return app

@@ -1,0 +1,28 @@
+"""Dependencies that hand routes the objects the lifespan created."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import Depends, Request
+
+from ..config import Settings
+from ..engine import VoxtralEngine
+from ..transcription import TranscriptionService
+
+
+def get_settings(request: Request) -> Settings:
+    return request.app.state.settings
+
+
+def get_engine(request: Request) -> VoxtralEngine:
+    return request.app.state.engine
+
+
+def get_transcription_service(request: Request) -> TranscriptionService:
+    return request.app.state.transcription
+
+
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+EngineDep = Annotated[VoxtralEngine, Depends(get_engine)]
+TranscriptionServiceDep = Annotated[TranscriptionService, Depends(get_transcription_service)]
