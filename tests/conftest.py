@@ -1,0 +1,82 @@
+"""Shared fixtures: tiny real Voxtral checkpoints and real uvicorn servers on loopback ports."""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import uvicorn
+from openai import OpenAI
+
+from voxtral_local.api import create_app
+from voxtral_local.audio import decode_audio
+from voxtral_local.config import Settings
+from voxtral_local.testing.tiny_model import build_tiny_model
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+
+FIXTURES = Path(__file__).parent / "fixtures"
+FORMATS = ["wav", "mp3", "m4a", "flac", "ogg", "opus", "webm", "mp4", "mov"]
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_tiny_model(tmp_path_factory.mktemp("models") / "voxtral-tiny")
+
+
+@pytest.fixture(scope="session")
+def silent_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_tiny_model(tmp_path_factory.mktemp("models") / "voxtral-silent", silent=True)
+
+
+@pytest.fixture(scope="session")
+def speech() -> np.ndarray:
+    """The fixture sentence, decoded to mono 16 kHz."""
+    return decode_audio((FIXTURES / "speech.wav").read_bytes(), max_seconds=60)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@contextmanager
+def running_server(**overrides: Any) -> Iterator[str]:
+    """Serve `create_app(Settings(**overrides))` with uvicorn on a loopback port; yield its base URL."""
+    settings = Settings(_env_file=None, host="127.0.0.1", port=free_port(), **overrides)
+    config = uvicorn.Config(create_app(settings), host=settings.host, port=settings.port, log_level="warning")
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            raise RuntimeError("uvicorn did not start")
+        time.sleep(0.02)
+    try:
+        yield f"http://127.0.0.1:{settings.port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)
+
+
+@pytest.fixture(scope="session")
+def base_url(tiny_model_dir: Path) -> Iterator[str]:
+    """The default server: the tiny model, default limits, served as `voxtral-tiny` and `whisper-1`."""
+    with running_server(model=str(tiny_model_dir), model_aliases="whisper-1") as url:
+        yield url
+
+
+@pytest.fixture(scope="session")
+def client(base_url: str) -> OpenAI:
+    return OpenAI(base_url=f"{base_url}/v1", api_key="not-needed", max_retries=0, timeout=120)

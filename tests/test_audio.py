@@ -1,0 +1,85 @@
+"""Decoding real files of every supported kind, and rejecting bad ones before they reach the model."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from voxtral_local.audio import SAMPLE_RATE, decode_audio
+from voxtral_local.errors import AudioDecodeError, AudioTooLongError
+from voxtral_local.testing.audio_files import encode, opus_duration_bomb, silence
+
+from .conftest import FIXTURES, FORMATS
+
+
+@pytest.mark.parametrize("extension", FORMATS)
+def test_every_format_decodes_to_mono_16k_of_the_right_length(extension: str, speech: np.ndarray) -> None:
+    samples = decode_audio((FIXTURES / f"speech.{extension}").read_bytes(), max_seconds=60)
+    assert samples.dtype == np.float32 and samples.ndim == 1
+    assert abs(samples.shape[0] - speech.shape[0]) / SAMPLE_RATE < 0.1  # codec delay/padding only
+    assert np.sqrt(np.mean(samples**2)) > 0.01  # speech, not silence
+
+
+def test_decoded_speech_matches_the_original_waveform(speech: np.ndarray) -> None:
+    flac = decode_audio((FIXTURES / "speech.flac").read_bytes(), max_seconds=60)
+    n = min(flac.shape[0], speech.shape[0])
+    assert np.corrcoef(flac[:n], speech[:n])[0, 1] > 0.99
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        (b"", "empty"),
+        (b"this is not audio at all" * 100, "not a decodable audio file"),
+        (b"RIFF\x24\x00\x00\x00WAVEfmt ", "not a decodable audio file"),
+    ],
+)
+def test_bad_input_is_rejected_with_a_reason(data: bytes, message: str) -> None:
+    with pytest.raises(AudioDecodeError, match=message):
+        decode_audio(data, max_seconds=60)
+
+
+@pytest.mark.parametrize("extension", ["wav", "flac", "m4a", "mp3", "webm", "mp4"])
+def test_truncated_files_are_rejected(extension: str) -> None:
+    data = (FIXTURES / f"speech.{extension}").read_bytes()
+    with pytest.raises(AudioDecodeError, match=r"truncated|not a decodable"):
+        decode_audio(data[: len(data) // 2], max_seconds=60)
+
+
+def test_a_video_without_audio_is_rejected() -> None:
+    import io
+
+    import av
+
+    buffer = io.BytesIO()
+    with av.open(buffer, "w", format="mp4") as container:
+        video = container.add_stream("mpeg4", rate=10)
+        video.width, video.height, video.pix_fmt = 16, 16, "yuv420p"
+        for i in range(5):
+            frame = av.VideoFrame.from_ndarray(np.zeros((16, 16, 3), np.uint8), format="rgb24")
+            frame.pts = i
+            container.mux(video.encode(frame))
+        container.mux(video.encode(None))
+    with pytest.raises(AudioDecodeError, match="no audio stream"):
+        decode_audio(buffer.getvalue(), max_seconds=60)
+
+
+def test_duration_limit_stops_decoding_early_on_a_small_opus_bomb() -> None:
+    bomb = opus_duration_bomb(hours=4)
+    assert len(bomb) < 4 * 1024 * 1024  # small upload, hours of audio
+    with pytest.raises(AudioTooLongError) as info:
+        decode_audio(bomb, max_seconds=120)
+    # decoding stopped just past the limit, not after four hours
+    assert 120 < info.value.decoded_seconds < 125
+
+
+def test_duration_limit_applies_to_the_soundfile_fast_path_before_reading() -> None:
+    wav = encode(silence(10), "wav")
+    with pytest.raises(AudioTooLongError) as info:
+        decode_audio(wav, max_seconds=5)
+    assert info.value.decoded_seconds == 0.0
+
+
+def test_audio_exactly_at_the_limit_is_accepted() -> None:
+    samples = decode_audio(encode(silence(5), "flac"), max_seconds=5)
+    assert samples.shape[0] == 5 * SAMPLE_RATE

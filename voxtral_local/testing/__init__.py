@@ -1,0 +1,1 @@
+"""Offline helpers for tests and benchmarks: a random-weight Voxtral checkpoint and audio files."""
