@@ -55,6 +55,11 @@ class Settings(BaseSettings):
         gt=0,
         description="New-token cap per chunk, per second of its audio (plus 32). 10/s is ~450 words a minute.",
     )
+    max_context_tokens: int = Field(
+        32768,
+        ge=512,
+        description="Context window for chat prompts plus replies (375 tokens per 30 s of audio); 32768 for Voxtral.",
+    )
     preload: bool = Field(False, description="Load the model at startup instead of at the first request.")
     log_level: Literal["critical", "error", "warning", "info", "debug"] = Field("info", description="Server log level.")
 

@@ -12,6 +12,7 @@ class ErrorKind(Enum):
     PAYLOAD_TOO_LARGE = "payload_too_large"
     MODEL_NOT_FOUND = "model_not_found"
     MODEL_UNAVAILABLE = "model_unavailable"
+    CLIENT_GONE = "client_gone"
     INTERNAL = "internal"
 
 
@@ -82,3 +83,10 @@ class ModelUnavailableError(VoxtralError):
 
     kind = ErrorKind.MODEL_UNAVAILABLE
     code = "model_unavailable"
+
+
+class GenerationCancelledError(VoxtralError):
+    """The client disconnected, so generation for it was stopped."""
+
+    kind = ErrorKind.CLIENT_GONE
+    code = "client_disconnected"

@@ -5,19 +5,20 @@ from __future__ import annotations
 import logging
 import math
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
 
 from ..audio import SAMPLE_RATE
 from ..config import Settings
-from ..errors import ModelUnavailableError
-from .generation import generate_rows
-from .prompts import transcription_inputs
+from ..errors import GenerationCancelledError, InvalidRequestError, ModelUnavailableError
+from ..streaming import OrderedText
+from .generation import FinishReason, Sampling, generate_rows
+from .prompts import Conversation, chat_inputs, transcription_inputs
 from .runtime import resolve_device, resolve_dtype
 
 logger = logging.getLogger(__name__)
@@ -25,20 +26,32 @@ logger = logging.getLogger(__name__)
 # Added to every chunk's token cap so that very short chunks still have room.
 CAP_MARGIN_TOKENS = 32
 
+GREEDY = Sampling()
+
+T = TypeVar("T")
+# Called with the global index of the first row of a batch and each row's new token at one step.
+RowStepCallback = Callable[[int, list[int]], None]
+
 
 @dataclass(frozen=True)
 class ChunkOutput:
-    """The transcription of one chunk."""
+    """What one prompt (a chunk, or a chat conversation) generated."""
 
     text: str
     token_ids: list[int]
     avg_logprob: float
     no_speech_prob: float
-    hit_cap: bool
+    finish_reason: FinishReason
+    prompt_tokens: int
+    audio_tokens: int
+
+    @property
+    def hit_cap(self) -> bool:
+        return self.finish_reason == "length"
 
 
 class VoxtralEngine:
-    """Loads `VoxtralForConditionalGeneration` and its processor, and transcribes batches of chunks.
+    """Loads `VoxtralForConditionalGeneration` and its processor, and runs batched generation.
 
     Thread-safe: loading happens once under a lock, and one generation runs at a time.
     """
@@ -51,10 +64,16 @@ class VoxtralEngine:
         self.dtype: torch.dtype | None = None
         self._load_lock = threading.Lock()
         self._inference_lock = threading.Lock()
+        self._busy = threading.Event()
 
     @property
     def loaded(self) -> bool:
         return self.model is not None
+
+    @property
+    def busy(self) -> bool:
+        """True while a generation runs."""
+        return self._busy.is_set()
 
     def device_name(self) -> str:
         """The device the model runs (or will run) on."""
@@ -103,47 +122,163 @@ class VoxtralEngine:
         """New-token cap for a chunk of this length; generous enough for very fast speech."""
         return math.ceil(duration_s * self.settings.max_tokens_per_audio_second) + CAP_MARGIN_TOKENS
 
+    def decode(self, token_ids: list[int]) -> str:
+        """Text of generated tokens, special tokens left out."""
+        return str(self.processor.tokenizer.decode(token_ids, skip_special_tokens=True))
+
     def transcribe(
-        self, chunks: Sequence[np.ndarray], *, language: str | None, temperature: float = 0.0
+        self,
+        chunks: Sequence[np.ndarray],
+        *,
+        language: str | None,
+        sampling: Sampling = GREEDY,
+        on_step: RowStepCallback | None = None,
+        cancel: threading.Event | None = None,
     ) -> list[ChunkOutput]:
-        """Transcribe chunks (mono 16 kHz) in batches of up to `batch_size`; outputs in input order."""
+        """Transcribe chunks (mono 16 kHz) with the official transcription prompt, in batches."""
+
+        def build(batch: Sequence[np.ndarray]) -> Any:
+            return transcription_inputs(self.processor, batch, language=language, model_id=self.settings.model)
+
+        caps = [self.token_cap(chunk.shape[0] / SAMPLE_RATE) for chunk in chunks]
+        return self.generate(chunks, build, caps=caps, sampling=sampling, on_step=on_step, cancel=cancel)
+
+    def chat(
+        self,
+        conversations: Sequence[Conversation],
+        *,
+        caps: Sequence[int],
+        sampling: Sampling = GREEDY,
+        on_step: RowStepCallback | None = None,
+        cancel: threading.Event | None = None,
+    ) -> list[ChunkOutput]:
+        """Generate a reply to each conversation, in batches."""
+
+        return self.generate(
+            conversations, self._chat_inputs, caps=caps, sampling=sampling, on_step=on_step, cancel=cancel
+        )
+
+    def _chat_inputs(self, conversations: Sequence[Conversation]) -> Any:
+        try:
+            return chat_inputs(self.processor, conversations)
+        except (ValueError, TypeError, AssertionError) as exc:  # mistral-common's message validation
+            raise InvalidRequestError(f"Invalid messages: {exc}", param="messages") from exc
+
+    def chat_one(
+        self,
+        conversation: Conversation,
+        *,
+        max_new_tokens: int | None,
+        sampling: Sampling,
+        on_delta: Callable[[str], None] | None = None,
+        cancel: threading.Event | None = None,
+    ) -> ChunkOutput:
+        """Reply to one conversation; the prompt and the reply must fit the context window."""
+        self.load()
+        inputs = self._chat_inputs([conversation])
+        prompt_tokens = int(inputs["attention_mask"][0].sum())
+        context = self.settings.max_context_tokens
+        room = context - prompt_tokens
+        if room <= 0 or (max_new_tokens is not None and max_new_tokens > room):
+            raise InvalidRequestError(
+                f"This model's context is {context} tokens; the messages take {prompt_tokens} "
+                f"(375 per 30 s of audio) and max_tokens asks for {max_new_tokens or 'at least 1'} more.",
+                param="messages",
+                code="context_length_exceeded",
+            )
+        cap = max_new_tokens or room
+        step = None
+        assembler = None
+        if on_delta is not None:
+            eos = int(self.processor.tokenizer.eos_token_id)
+            assembler = OrderedText(1, self.decode, eos_token_id=eos, caps=[cap], stop=sampling.stop)
+            step = _offset(assembler.forward_to(on_delta), 0)
+        (out,) = self._generate_batch(inputs, [cap], sampling, step, cancel)
+        if assembler is not None and on_delta is not None:
+            for delta in assembler.finish([out.text]):
+                on_delta(delta)
+        return out
+
+    def generate(
+        self,
+        items: Sequence[T],
+        build_inputs: Callable[[Sequence[T]], Any],
+        *,
+        caps: Sequence[int],
+        sampling: Sampling,
+        on_step: RowStepCallback | None = None,
+        cancel: threading.Event | None = None,
+    ) -> list[ChunkOutput]:
+        """Build inputs for up to `batch_size` items at a time and generate; outputs in item order.
+
+        Raises GenerationCancelledError once `cancel` is set.
+        """
         self.load()
         outputs: list[ChunkOutput] = []
         size = self.settings.batch_size
-        for first in range(0, len(chunks), size):
-            outputs.extend(self._transcribe_batch(chunks[first : first + size], language, temperature))
+        for first in range(0, len(items), size):
+            step = None if on_step is None else _offset(on_step, first)
+            outputs.extend(
+                self._generate_batch(
+                    build_inputs(items[first : first + size]), caps[first : first + size], sampling, step, cancel
+                )
+            )
         return outputs
 
-    def _transcribe_batch(
-        self, chunks: Sequence[np.ndarray], language: str | None, temperature: float
+    def _generate_batch(
+        self,
+        inputs: Any,
+        caps: Sequence[int],
+        sampling: Sampling,
+        on_step: Callable[[list[int]], None] | None,
+        cancel: threading.Event | None,
     ) -> list[ChunkOutput]:
-        inputs = transcription_inputs(self.processor, chunks, language=language, model_id=self.settings.model)
         batch = {
             "input_ids": inputs["input_ids"].to(self.device),
             "attention_mask": inputs["attention_mask"].to(self.device),
-            "input_features": inputs["input_features"].to(self.device, dtype=self.dtype),
         }
-        caps = [self.token_cap(chunk.shape[0] / SAMPLE_RATE) for chunk in chunks]
+        if "input_features" in inputs:
+            batch["input_features"] = inputs["input_features"].to(self.device, dtype=self.dtype)
         tokenizer = self.processor.tokenizer
-        with self._inference_lock, torch.inference_mode():
-            rows = generate_rows(
-                self.model,
-                batch,
-                caps=caps,
-                temperature=temperature,
-                eos_token_id=int(tokenizer.eos_token_id),
-                pad_token_id=int(tokenizer.pad_token_id),
+        audio_token_id = int(self.model.config.audio_token_id)
+        with self._inference_lock:
+            if cancel is not None and cancel.is_set():
+                raise GenerationCancelledError("The client went away before generation started.")
+            self._busy.set()
+            try:
+                with torch.inference_mode():
+                    rows = generate_rows(
+                        self.model,
+                        batch,
+                        caps=caps,
+                        sampling=sampling,
+                        eos_token_id=int(tokenizer.eos_token_id),
+                        pad_token_id=int(tokenizer.pad_token_id),
+                        decode=self.decode,
+                        on_step=on_step,
+                        cancel=cancel,
+                    )
+            finally:
+                self._busy.clear()
+        if any(row.finish_reason == "cancelled" for row in rows):
+            raise GenerationCancelledError("The client went away; generation was stopped.")
+        outputs = []
+        for i, row in enumerate(rows):
+            text = self.decode(row.token_ids)
+            if row.stop_at is not None:
+                text = text[: row.stop_at]
+            outputs.append(
+                ChunkOutput(
+                    text=text.strip(),
+                    token_ids=row.token_ids,
+                    avg_logprob=float(np.mean(row.logprobs)) if row.logprobs else 0.0,
+                    no_speech_prob=row.no_speech_prob,
+                    finish_reason=row.finish_reason,
+                    prompt_tokens=int(batch["attention_mask"][i].sum()),
+                    audio_tokens=int((batch["input_ids"][i] == audio_token_id).sum()),
+                )
             )
-        return [
-            ChunkOutput(
-                text=tokenizer.decode(row.token_ids, skip_special_tokens=True).strip(),
-                token_ids=row.token_ids,
-                avg_logprob=float(np.mean(row.logprobs)) if row.logprobs else 0.0,
-                no_speech_prob=row.no_speech_prob,
-                hit_cap=row.hit_cap,
-            )
-            for row in rows
-        ]
+        return outputs
 
     def _source(self) -> str:
         if self.settings.model_is_local:
@@ -154,3 +289,10 @@ class VoxtralEngine:
                 )
             return str(path)
         return self.settings.model
+
+
+def _offset(on_step: RowStepCallback, first: int) -> Callable[[list[int]], None]:
+    def call(tokens: list[int]) -> None:
+        on_step(first, tokens)
+
+    return call

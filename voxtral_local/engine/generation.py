@@ -1,23 +1,39 @@
-"""Batched greedy/sampled generation with per-row token caps and per-token log-probabilities."""
+"""Batched greedy/sampled generation: per-row caps, stop strings, cancellation, per-step token callbacks."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Any
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
 
 import torch
 from transformers import LogitsProcessor, LogitsProcessorList, StoppingCriteria, StoppingCriteriaList
+from transformers.generation.streamers import BaseStreamer
+
+FinishReason = Literal["stop", "length", "cancelled"]
+StepCallback = Callable[[list[int]], None]
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """How tokens are chosen and when a row stops besides EOS and its cap."""
+
+    temperature: float = 0.0
+    top_p: float = 1.0
+    seed: int | None = None
+    stop: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
 class RowResult:
-    """What one batch row generated."""
+    """What one batch row generated (up to, not including, EOS or a stop string)."""
 
     token_ids: list[int]
     logprobs: list[float]
     no_speech_prob: float
-    hit_cap: bool
+    finish_reason: FinishReason
+    stop_at: int | None = field(default=None)  # character offset of a stop string in the decoded text
 
 
 class LogprobRecorder(LogitsProcessor):
@@ -60,8 +76,51 @@ class RowTokenCap(StoppingCriteria):
         self.caps = torch.tensor(list(caps), device=device)
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs: Any) -> torch.BoolTensor:
-        generated = input_ids.shape[1] - self.prompt_length
-        return generated >= self.caps  # type: ignore[return-value]
+        return (input_ids.shape[1] - self.prompt_length) >= self.caps  # type: ignore[return-value]
+
+
+class StopStrings(StoppingCriteria):
+    """Stops a row once its decoded text contains one of the stop strings."""
+
+    def __init__(self, prompt_length: int, stop: Sequence[str], decode: Callable[[list[int]], str]) -> None:
+        self.prompt_length = prompt_length
+        self.stop = list(stop)
+        self.decode = decode
+        # A stop string of n characters spans at most ~4n byte-level tokens: only that tail is decoded.
+        self.window = 4 * max(len(s) for s in self.stop) + 8
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs: Any) -> torch.BoolTensor:
+        start = max(self.prompt_length, input_ids.shape[1] - self.window)
+        rows = input_ids[:, start:].tolist()
+        hits = [any(s in self.decode(row) for s in self.stop) for row in rows]
+        return torch.tensor(hits, device=input_ids.device)  # type: ignore[return-value]
+
+
+class Cancellation(StoppingCriteria):
+    """Stops every row at the next step once the event is set (the client went away)."""
+
+    def __init__(self, event: threading.Event) -> None:
+        self.event = event
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs: Any) -> torch.BoolTensor:
+        return torch.full((input_ids.shape[0],), self.event.is_set(), device=input_ids.device)  # type: ignore[return-value]
+
+
+class StepStreamer(BaseStreamer):
+    """Hands each step's new token of every row to a callback (the prompt, sent first, is skipped)."""
+
+    def __init__(self, callback: StepCallback) -> None:
+        self.callback = callback
+        self._prompt_seen = False
+
+    def put(self, value: torch.Tensor) -> None:
+        if not self._prompt_seen:
+            self._prompt_seen = True
+            return
+        self.callback(value.reshape(-1).tolist())
+
+    def end(self) -> None:
+        return None
 
 
 def generate_rows(
@@ -69,43 +128,81 @@ def generate_rows(
     inputs: dict[str, torch.Tensor],
     *,
     caps: Sequence[int],
-    temperature: float,
+    sampling: Sampling,
     eos_token_id: int,
     pad_token_id: int,
+    decode: Callable[[list[int]], str],
+    on_step: StepCallback | None = None,
+    cancel: threading.Event | None = None,
 ) -> list[RowResult]:
-    """Run one `generate` over a batch; each row stops at EOS or at its cap."""
+    """Run one `generate` over a batch; each row stops at EOS, a stop string, or its cap."""
     prompt_length = int(inputs["input_ids"].shape[1])
     recorder = LogprobRecorder(eos_token_id)
-    sampling: dict[str, Any] = (
-        {"do_sample": True, "temperature": temperature, "top_k": 0, "top_p": 1.0}
-        if temperature > 0
+    criteria: list[StoppingCriteria] = [RowTokenCap(prompt_length, caps, inputs["input_ids"].device)]
+    if sampling.stop:
+        criteria.append(StopStrings(prompt_length, sampling.stop, decode))
+    if cancel is not None:
+        criteria.append(Cancellation(cancel))
+    options: dict[str, Any] = (
+        {"do_sample": True, "temperature": sampling.temperature, "top_k": 0, "top_p": sampling.top_p}
+        if sampling.temperature > 0
         else {"do_sample": False}
     )
+    if sampling.seed is not None:
+        torch.manual_seed(sampling.seed)
     output = model.generate(
         **inputs,
         max_new_tokens=max(caps),
         eos_token_id=eos_token_id,
         pad_token_id=pad_token_id,
         logits_processor=LogitsProcessorList([recorder]),
-        stopping_criteria=StoppingCriteriaList([RowTokenCap(prompt_length, caps, inputs["input_ids"].device)]),
-        **sampling,
+        stopping_criteria=StoppingCriteriaList(criteria),
+        streamer=StepStreamer(on_step) if on_step is not None else None,
+        **options,
     )
     new_tokens = output[:, prompt_length:]
     logprobs = recorder.finish(new_tokens[:, -1]) if new_tokens.shape[1] else torch.zeros(len(caps), 0)
     first_eos = recorder.first_eos_prob.cpu() if recorder.first_eos_prob is not None else torch.zeros(len(caps))
-    rows: list[RowResult] = []
-    for i, cap in enumerate(caps):
-        ids = new_tokens[i].tolist()
-        if eos_token_id in ids:
-            end, hit_cap = ids.index(eos_token_id), False
-        else:
-            end, hit_cap = min(cap, len(ids)), len(ids) >= cap
-        rows.append(
-            RowResult(
-                token_ids=ids[:end],
-                logprobs=logprobs[i, : end + (0 if hit_cap else 1)].tolist(),
-                no_speech_prob=float(first_eos[i]),
-                hit_cap=hit_cap,
-            )
-        )
-    return rows
+    cancelled = cancel is not None and cancel.is_set()
+    return [
+        _row_result(new_tokens[i].tolist(), logprobs[i], float(first_eos[i]), cap, eos_token_id, sampling, decode)
+        if not cancelled
+        else RowResult([], [], 0.0, "cancelled")
+        for i, cap in enumerate(caps)
+    ]
+
+
+def _row_result(
+    ids: list[int],
+    logprobs: torch.Tensor,
+    no_speech_prob: float,
+    cap: int,
+    eos_token_id: int,
+    sampling: Sampling,
+    decode: Callable[[list[int]], str],
+) -> RowResult:
+    finish: FinishReason
+    if eos_token_id in ids:
+        end, finish, counted = ids.index(eos_token_id), "stop", 1
+    else:
+        end, finish, counted = min(cap, len(ids)), "length" if len(ids) >= cap else "stop", 0
+    stop_at = None
+    if sampling.stop and _holds_stop(decode(ids[:end]), sampling.stop):
+        lo, hi = 1, end  # binary search for the shortest prefix whose text holds a stop string
+        while lo < hi:
+            mid = (lo + hi) // 2
+            lo, hi = (lo, mid) if _holds_stop(decode(ids[:mid]), sampling.stop) else (mid + 1, hi)
+        text = decode(ids[:lo])
+        end, finish, counted = lo, "stop", 0
+        stop_at = min(text.find(s) for s in sampling.stop if s in text)
+    return RowResult(
+        token_ids=ids[:end],
+        logprobs=logprobs[: end + counted].tolist(),
+        no_speech_prob=no_speech_prob,
+        finish_reason=finish,
+        stop_at=stop_at,
+    )
+
+
+def _holds_stop(text: str, stop: Sequence[str]) -> bool:
+    return any(s in text for s in stop)

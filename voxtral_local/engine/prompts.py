@@ -1,18 +1,24 @@
-"""Model inputs for transcription, built with the official request format.
+"""Model inputs, built with the processor's official formats.
 
-`VoxtralProcessor.apply_transcription_request` wraps mistral-common's `encode_transcription`:
+Transcription: `VoxtralProcessor.apply_transcription_request` wraps mistral-common's `encode_transcription`:
 `[BOS][INST][BEGIN_AUDIO]` + `[AUDIO]`×N + `[/INST]` (+ `lang:xx`) + `[TRANSCRIBE]`, with N = 375 audio
-tokens per 30 s window (mel frames / 8). Chunks of different lengths are left-padded.
+tokens per 30 s window (mel frames / 8). Chat: `apply_chat_template` with `{"type": "audio"}` parts.
+Rows of different lengths are left-padded.
 """
 
 from __future__ import annotations
 
+import base64
+import io
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+import soundfile as sf
 
 from ..audio import SAMPLE_RATE
+
+Conversation = list[dict[str, Any]]
 
 
 def transcription_inputs(processor: Any, chunks: Sequence[np.ndarray], *, language: str | None, model_id: str) -> Any:
@@ -24,3 +30,15 @@ def transcription_inputs(processor: Any, chunks: Sequence[np.ndarray], *, langua
         sampling_rate=SAMPLE_RATE,
         format=["wav"] * len(chunks),
     )
+
+
+def chat_inputs(processor: Any, conversations: Sequence[Conversation]) -> Any:
+    """A BatchFeature for chat conversations (OpenAI-style roles, `audio`/`text` content parts)."""
+    return processor.apply_chat_template(list(conversations), tokenize=True, return_dict=True)
+
+
+def audio_part(samples: np.ndarray) -> dict[str, str]:
+    """A chat content part carrying 16 kHz mono samples as base64 WAV, as the processor expects."""
+    buffer = io.BytesIO()
+    sf.write(buffer, np.asarray(samples, dtype=np.float32), SAMPLE_RATE, format="WAV", subtype="FLOAT")
+    return {"type": "audio", "base64": base64.b64encode(buffer.getvalue()).decode("ascii")}

@@ -1,0 +1,128 @@
+"""Turn per-step tokens of a batch of chunks into ordered text deltas.
+
+Row 0 (the first chunk) is streamed live, token by token. A later row's text is held until every row
+before it has finished and been sent, then flushed and streamed live in turn. The deltas joined are
+exactly the final transcript: chunk texts stripped and joined by single spaces.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+REPLACEMENT = "\ufffd"  # an incomplete UTF-8 sequence at the end of the decoded bytes so far
+
+
+class RowText:
+    """Incremental detokenisation of one row, emitting only text that can no longer change."""
+
+    def __init__(self, decode: Callable[[list[int]], str], stop: Sequence[str] = ()) -> None:
+        self.decode = decode
+        self.stop = tuple(stop)
+        # characters kept back because they could be the start of a stop string
+        self.hold_back = max((len(s) for s in self.stop), default=1) - 1
+        self.tokens: list[int] = []
+        self.sent = ""
+
+    def push(self, token: int) -> str:
+        """Add a token; return newly visible text."""
+        self.tokens.append(token)
+        text = self.decode(self.tokens).lstrip()
+        cuts = [text.find(s) for s in self.stop if s in text]
+        if cuts:
+            text = text[: min(cuts)]
+        elif self.hold_back:
+            text = text[: max(0, len(text) - self.hold_back)]
+        return self._advance(text.rstrip(REPLACEMENT).rstrip())
+
+    def finish(self, final: str) -> str:
+        """The rest of the row, given its final (stripped, stop-trimmed) text."""
+        return self._advance(final)
+
+    def _advance(self, text: str) -> str:
+        if not text.startswith(self.sent) or len(text) <= len(self.sent):
+            return ""
+        delta, self.sent = text[len(self.sent) :], text
+        return delta
+
+
+class OrderedText:
+    """Assembles the deltas of a batch of rows, in row order."""
+
+    def __init__(
+        self,
+        rows: int,
+        decode: Callable[[list[int]], str],
+        *,
+        eos_token_id: int,
+        caps: Sequence[int],
+        stop: Sequence[str] = (),
+    ) -> None:
+        self.rows = [RowText(decode, stop) for _ in range(rows)]
+        self.eos_token_id = eos_token_id
+        self.caps = list(caps)
+        self.done = [False] * rows
+        self.current = 0
+        self.emitted: list[str] = []
+
+    @property
+    def text(self) -> str:
+        """Everything emitted so far."""
+        return "".join(self.emitted)
+
+    def step(self, first_row: int, tokens: Sequence[int]) -> list[str]:
+        """One decoding step of rows `first_row`, `first_row + 1`, ...; returns deltas to send now."""
+        out: list[str] = []
+        for offset, token in enumerate(tokens):
+            index = first_row + offset
+            if self.done[index]:
+                continue
+            row = self.rows[index]
+            if token == self.eos_token_id:
+                self.done[index] = True
+            else:
+                delta = row.push(token)
+                if index == self.current:
+                    self._emit(out, delta)
+                if len(row.tokens) >= self.caps[index]:
+                    self.done[index] = True
+        self._advance(out, final_texts=None)
+        return out
+
+    def forward_to(self, on_delta: Callable[[str], None]) -> Callable[[int, list[int]], None]:
+        """A step callback (first row, tokens) that passes each new delta to `on_delta`."""
+
+        def on_step(first_row: int, tokens: list[int]) -> None:
+            for delta in self.step(first_row, tokens):
+                on_delta(delta)
+
+        return on_step
+
+    def finish(self, final_texts: Sequence[str]) -> list[str]:
+        """Flush every row with its final text; returns the remaining deltas."""
+        out: list[str] = []
+        self.done = [True] * len(self.rows)
+        self._advance(out, final_texts)
+        return out
+
+    def _advance(self, out: list[str], final_texts: Sequence[str] | None) -> None:
+        while self.current < len(self.rows) and self.done[self.current]:
+            row = self.rows[self.current]
+            if final_texts is not None:
+                self._emit(out, row.finish(final_texts[self.current]))
+            elif row.stop:
+                return  # where a stop string cuts the text is known only from the final texts
+            else:
+                self._emit(out, row.finish(row.decode(row.tokens).strip()))
+            self.current += 1
+            if self.current < len(self.rows):
+                self._emit(out, self.rows[self.current].sent, fresh=True)
+
+    def _emit(self, out: list[str], delta: str, fresh: bool = False) -> None:
+        if not delta:
+            return
+        row = self.rows[self.current]
+        starts_row = fresh or len(row.sent) == len(delta)
+        if starts_row and self.emitted:
+            delta = " " + delta
+        self.emitted.append(delta)
+        out.append(delta)
