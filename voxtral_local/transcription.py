@@ -2,13 +2,22 @@
 
 from __future__ import annotations
 
+import threading
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass
 
+import numpy as np
+
 from .audio import decode_audio, duration_seconds
-from .chunking import split_audio
+from .chunking import AudioChunk, split_audio
 from .config import Settings
-from .engine import VoxtralEngine
+from .engine import ChunkOutput, VoxtralEngine
+from .engine.generation import Sampling
+from .engine.prompts import audio_part
+from .streaming import OrderedText
+
+DeltaCallback = Callable[[str], None]
 
 
 @dataclass(frozen=True)
@@ -35,6 +44,9 @@ class TranscriptionResult:
     language: str | None
     temperature: float
     segments: list[Segment]
+    prompt_tokens: int
+    audio_tokens: int
+    completion_tokens: int
 
     @property
     def truncated_segments(self) -> list[int]:
@@ -49,17 +61,83 @@ def compression_ratio(text: str) -> float:
 
 
 class TranscriptionService:
-    """Turns uploaded bytes into a `TranscriptionResult` with the shared engine."""
+    """Turns uploaded audio into a `TranscriptionResult` with the shared engine.
+
+    Without an instruction each chunk gets Voxtral's official transcription prompt. With one (lotti's
+    `audio` extension, translations), each chunk gets a chat prompt: the chunk's audio, then the
+    instruction. Either way all chunks of the request are decoded together.
+    """
 
     def __init__(self, settings: Settings, engine: VoxtralEngine) -> None:
         self.settings = settings
         self.engine = engine
 
-    def transcribe(self, data: bytes, *, language: str | None, temperature: float) -> TranscriptionResult:
-        """Blocking; run it in a worker thread."""
-        samples = decode_audio(data, max_seconds=self.settings.max_audio_seconds)
+    def decode(self, data: bytes) -> np.ndarray:
+        """Upload bytes to mono 16 kHz samples, within the duration limit."""
+        return decode_audio(data, max_seconds=self.settings.max_audio_seconds)
+
+    def transcribe(
+        self,
+        data: bytes | np.ndarray,
+        *,
+        language: str | None,
+        temperature: float = 0.0,
+        seed: int | None = None,
+        instruction: str | None = None,
+        max_tokens_per_chunk: int | None = None,
+        on_delta: DeltaCallback | None = None,
+        cancel: threading.Event | None = None,
+    ) -> TranscriptionResult:
+        """Blocking; run it in a worker thread. `on_delta` receives the text as it is produced."""
+        samples = self.decode(data) if isinstance(data, bytes) else data
         chunks = split_audio(samples, max_chunk_s=self.settings.chunk_seconds)
-        outputs = self.engine.transcribe([c.samples for c in chunks], language=language, temperature=temperature)
+        caps = [self.engine.token_cap(c.duration_s) for c in chunks]
+        if max_tokens_per_chunk is not None:
+            caps = [min(cap, max_tokens_per_chunk) for cap in caps]
+        self.engine.load()
+        assembler = None
+        on_step = None
+        if on_delta is not None:
+            assembler = OrderedText(len(chunks), self.engine.decode, eos_token_id=self._eos_token_id(), caps=caps)
+            on_step = assembler.forward_to(on_delta)
+        sampling = Sampling(temperature=temperature, seed=seed)
+        outputs = self._generate(chunks, caps, language, sampling, instruction, on_step, cancel)
+        if assembler is not None and on_delta is not None:
+            for delta in assembler.finish([out.text for out in outputs]):
+                on_delta(delta)
+        return self._result(samples, chunks, outputs, language, temperature)
+
+    def _generate(
+        self,
+        chunks: list[AudioChunk],
+        caps: list[int],
+        language: str | None,
+        sampling: Sampling,
+        instruction: str | None,
+        on_step: Callable[[int, list[int]], None] | None,
+        cancel: threading.Event | None,
+    ) -> list[ChunkOutput]:
+        if instruction is None:
+            return self.engine.transcribe(
+                [c.samples for c in chunks], language=language, sampling=sampling, on_step=on_step, cancel=cancel
+            )
+        conversations = [
+            [{"role": "user", "content": [audio_part(c.samples), {"type": "text", "text": instruction}]}]
+            for c in chunks
+        ]
+        return self.engine.chat(conversations, caps=caps, sampling=sampling, on_step=on_step, cancel=cancel)
+
+    def _eos_token_id(self) -> int:
+        return int(self.engine.processor.tokenizer.eos_token_id)
+
+    @staticmethod
+    def _result(
+        samples: np.ndarray,
+        chunks: list[AudioChunk],
+        outputs: list[ChunkOutput],
+        language: str | None,
+        temperature: float,
+    ) -> TranscriptionResult:
         segments = [
             Segment(
                 id=i,
@@ -80,4 +158,7 @@ class TranscriptionService:
             language=language,
             temperature=temperature,
             segments=segments,
+            prompt_tokens=sum(out.prompt_tokens for out in outputs),
+            audio_tokens=sum(out.audio_tokens for out in outputs),
+            completion_tokens=sum(len(out.token_ids) for out in outputs),
         )
