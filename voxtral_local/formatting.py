@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, Literal
 
 from .languages import language_name
 from .protocol import (
@@ -12,8 +12,12 @@ from .protocol import (
     TranscriptionSegment,
     TranscriptionVerbose,
     UsageDuration,
+    UsageInputTokenDetails,
+    UsageTokens,
 )
 from .transcription import Segment, TranscriptionResult
+
+Task = Literal["transcribe", "translate"]
 
 MEDIA_TYPES: dict[str, str] = {
     "json": "application/json",
@@ -24,13 +28,15 @@ MEDIA_TYPES: dict[str, str] = {
 }
 
 
-def render(result: TranscriptionResult, response_format: ResponseFormat) -> tuple[str | dict[str, Any], str]:
+def render(
+    result: TranscriptionResult, response_format: ResponseFormat, task: Task = "transcribe"
+) -> tuple[str | dict[str, Any], str]:
     """The body (a dict for JSON formats, else text) and its media type."""
     media_type = MEDIA_TYPES[response_format]
     if response_format == "json":
         return _json(result), media_type
     if response_format == "verbose_json":
-        return _verbose_json(result), media_type
+        return _verbose_json(result, task), media_type
     if response_format == "srt":
         return to_srt(result.segments), media_type
     if response_format == "vtt":
@@ -48,9 +54,22 @@ def _json(result: TranscriptionResult) -> dict[str, Any]:
     return body.model_dump(exclude_none=True)
 
 
-def _verbose_json(result: TranscriptionResult) -> dict[str, Any]:
+def token_usage(result: TranscriptionResult) -> UsageTokens:
+    """Token usage, as streamed transcriptions report it."""
+    return UsageTokens(
+        input_tokens=result.prompt_tokens,
+        output_tokens=result.completion_tokens,
+        total_tokens=result.prompt_tokens + result.completion_tokens,
+        input_token_details=UsageInputTokenDetails(
+            audio_tokens=result.audio_tokens, text_tokens=result.prompt_tokens - result.audio_tokens
+        ),
+    )
+
+
+def _verbose_json(result: TranscriptionResult, task: Task) -> dict[str, Any]:
     body = TranscriptionVerbose(
-        language=language_name(result.language),
+        task=task,
+        language="english" if task == "translate" else language_name(result.language),
         duration=result.duration,
         text=result.text,
         segments=[

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 ResponseFormat = Literal["json", "text", "srt", "vtt", "verbose_json"]
 TimestampGranularity = Literal["segment", "word"]
@@ -58,9 +58,9 @@ class TranscriptionSegment(BaseModel):
 
 
 class TranscriptionVerbose(BaseModel):
-    """`openai.types.audio.TranscriptionVerbose` (`response_format=verbose_json`)."""
+    """`openai.types.audio.TranscriptionVerbose` / `TranslationVerbose` (`response_format=verbose_json`)."""
 
-    task: Literal["transcribe"] = "transcribe"
+    task: Literal["transcribe", "translate"] = "transcribe"
     language: str
     duration: float
     text: str
@@ -111,3 +111,166 @@ class ErrorResponse(BaseModel):
     """`{"error": {...}}`, the envelope every error uses."""
 
     error: ErrorDetail
+
+
+class TranslationCreateParams(BaseModel):
+    """The non-file fields of `POST /v1/audio/translations` (multipart)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: str = Field(min_length=1)
+    prompt: str | None = None
+    response_format: ResponseFormat = "json"
+    temperature: float = Field(0.0, ge=0.0, le=2.0)
+
+
+class UsageInputTokenDetails(BaseModel):
+    """`openai.types.audio.transcription_text_done_event.UsageInputTokenDetails`."""
+
+    audio_tokens: int
+    text_tokens: int
+
+
+class UsageTokens(BaseModel):
+    """Token usage of a streamed transcription (`type: tokens`)."""
+
+    type: Literal["tokens"] = "tokens"
+    input_tokens: int
+    output_tokens: int
+    total_tokens: int
+    input_token_details: UsageInputTokenDetails
+
+
+class TranscriptionTextDeltaEvent(BaseModel):
+    """`openai.types.audio.TranscriptionTextDeltaEvent`."""
+
+    type: Literal["transcript.text.delta"] = "transcript.text.delta"
+    delta: str
+
+
+class TranscriptionTextDoneEvent(BaseModel):
+    """`openai.types.audio.TranscriptionTextDoneEvent`."""
+
+    type: Literal["transcript.text.done"] = "transcript.text.done"
+    text: str
+    usage: UsageTokens
+
+
+# ---- chat completions -------------------------------------------------------------------------------
+
+
+class InputAudio(BaseModel):
+    """`input_audio` of a content part: base64 data and its format (the bytes are sniffed regardless)."""
+
+    data: str
+    format: str | None = None
+
+
+class ChatCompletionContentPartText(BaseModel):
+    type: Literal["text"]
+    text: str
+
+
+class ChatCompletionContentPartInputAudio(BaseModel):
+    """OpenAI's `{"input_audio": {"data", "format"}}`, or Mistral's bare base64 string."""
+
+    type: Literal["input_audio"]
+    input_audio: InputAudio | str
+
+
+ChatCompletionContentPart = Annotated[
+    ChatCompletionContentPartText | ChatCompletionContentPartInputAudio, Field(discriminator="type")
+]
+
+
+class ChatCompletionMessageParam(BaseModel):
+    """One message of `messages`: system/developer/user/assistant, text or a list of parts."""
+
+    role: Literal["system", "developer", "user", "assistant"]
+    content: str | list[ChatCompletionContentPart] | None = None
+
+
+class StreamOptions(BaseModel):
+    include_usage: bool = False
+
+
+class ChatCompletionCreateParams(BaseModel):
+    """`POST /v1/chat/completions`. Unknown fields are ignored; `audio` and `language` are extensions."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    model: str = Field(min_length=1)
+    messages: list[ChatCompletionMessageParam] = Field(min_length=1)
+    temperature: float | None = Field(None, ge=0.0, le=2.0)
+    top_p: float | None = Field(None, gt=0.0, le=1.0)
+    max_tokens: int | None = Field(None, ge=1)
+    max_completion_tokens: int | None = Field(None, ge=1)
+    stop: str | list[str] | None = None
+    seed: int | None = None
+    n: int | None = Field(None, ge=1, le=1)
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    audio: str | None = Field(None, description="Extension (lotti): base64 audio to transcribe.")
+    language: str | None = Field(None, description="Extension (lotti): ISO 639-1 language of `audio`.")
+
+    @field_validator("stop")
+    @classmethod
+    def _stop_list(cls, value: str | list[str] | None) -> str | list[str] | None:
+        items = [value] if isinstance(value, str) else value or []
+        if len(items) > 4 or any(not item for item in items):
+            raise ValueError("stop takes at most 4 non-empty strings")
+        return value
+
+
+class CompletionUsage(BaseModel):
+    """`openai.types.CompletionUsage`."""
+
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+
+
+class ChatCompletionMessage(BaseModel):
+    role: Literal["assistant"] = "assistant"
+    content: str
+
+
+class Choice(BaseModel):
+    index: int = 0
+    message: ChatCompletionMessage
+    finish_reason: Literal["stop", "length"]
+    logprobs: None = None
+
+
+class ChatCompletion(BaseModel):
+    """`openai.types.chat.ChatCompletion`."""
+
+    id: str
+    object: Literal["chat.completion"] = "chat.completion"
+    created: int
+    model: str
+    choices: list[Choice]
+    usage: CompletionUsage
+
+
+class ChoiceDelta(BaseModel):
+    role: Literal["assistant"] | None = None
+    content: str | None = None
+
+
+class ChunkChoice(BaseModel):
+    index: int = 0
+    delta: ChoiceDelta
+    finish_reason: Literal["stop", "length"] | None = None
+    logprobs: None = None
+
+
+class ChatCompletionChunk(BaseModel):
+    """`openai.types.chat.ChatCompletionChunk`."""
+
+    id: str
+    object: Literal["chat.completion.chunk"] = "chat.completion.chunk"
+    created: int
+    model: str
+    choices: list[ChunkChoice]
+    usage: CompletionUsage | None = None

@@ -10,11 +10,12 @@ from fastapi import FastAPI
 from starlette.concurrency import run_in_threadpool
 
 from .. import __version__
+from ..chat import ChatService
 from ..config import Settings
 from ..engine import VoxtralEngine
 from ..errors import ModelUnavailableError
 from ..transcription import TranscriptionService
-from . import routes_audio, routes_models
+from . import routes_audio, routes_chat, routes_models
 from .body_limit import BodySizeLimit
 from .errors import install_error_handlers
 
@@ -30,6 +31,7 @@ def create_app(settings: Settings) -> FastAPI:
         app.state.settings = settings
         app.state.engine = engine
         app.state.transcription = TranscriptionService(settings, engine)
+        app.state.chat = ChatService(settings, engine, app.state.transcription)
         if settings.preload:
             try:
                 await run_in_threadpool(engine.load)
@@ -41,5 +43,6 @@ def create_app(settings: Settings) -> FastAPI:
     install_error_handlers(app)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_upload_bytes)
     app.include_router(routes_audio.router)
+    app.include_router(routes_chat.router)
     app.include_router(routes_models.router)
     return app

@@ -6,6 +6,7 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
+from ..chat import ChatService
 from ..config import Settings
 from ..engine import VoxtralEngine
 from ..transcription import TranscriptionService
@@ -23,6 +24,11 @@ def get_transcription_service(request: Request) -> TranscriptionService:
     return request.app.state.transcription
 
 
+def get_chat_service(request: Request) -> ChatService:
+    return request.app.state.chat
+
+
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 EngineDep = Annotated[VoxtralEngine, Depends(get_engine)]
 TranscriptionServiceDep = Annotated[TranscriptionService, Depends(get_transcription_service)]
+ChatServiceDep = Annotated[ChatService, Depends(get_chat_service)]

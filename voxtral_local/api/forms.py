@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, TypeVar
 
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 from starlette.datastructures import FormData, UploadFile
 
 from ..config import Settings
@@ -13,9 +13,16 @@ from ..protocol import TranscriptionCreateParams
 from .errors import validation_to_domain
 
 LIST_FIELDS = frozenset({"timestamp_granularities"})
+P = TypeVar("P", bound=BaseModel)
 
 
-def parse_transcription_form(form: FormData, settings: Settings) -> tuple[UploadFile, TranscriptionCreateParams]:
+def check_model(model: str, settings: Settings) -> None:
+    """404 unless `model` names the served model or one of its aliases."""
+    if model not in settings.accepted_model_names:
+        raise ModelNotFoundError(model, settings.model_name)
+
+
+def parse_audio_form(form: FormData, settings: Settings, params_type: type[P]) -> tuple[UploadFile, P]:
     """The uploaded file and validated parameters; InvalidRequestError/ModelNotFoundError otherwise."""
     upload: UploadFile | None = None
     fields: dict[str, Any] = {}
@@ -37,20 +44,19 @@ def parse_transcription_form(form: FormData, settings: Settings) -> tuple[Upload
         else:
             fields[key] = value
     try:
-        params = TranscriptionCreateParams.model_validate(fields)
+        params = params_type.model_validate(fields)
     except ValidationError as exc:
         raise validation_to_domain(exc) from exc
     if upload is None:
         raise InvalidRequestError(
             "Missing required parameter: 'file'.", param="file", code="missing_required_parameter"
         )
-    if params.model not in settings.accepted_model_names:
-        raise ModelNotFoundError(params.model, settings.model_name)
-    _check_supported(params)
+    check_model(getattr(params, "model"), settings)  # noqa: B009 - every audio params model has one
     return upload, params
 
 
-def _check_supported(params: TranscriptionCreateParams) -> None:
+def check_transcription_options(params: TranscriptionCreateParams) -> None:
+    """Reject what Voxtral cannot do, saying why."""
     if "word" in params.timestamp_granularities:
         raise InvalidRequestError(
             "timestamp_granularities 'word' is not supported: Voxtral produces no word timestamps. "
@@ -64,7 +70,9 @@ def _check_supported(params: TranscriptionCreateParams) -> None:
             param="timestamp_granularities",
             code="unsupported_value",
         )
-    if params.stream:
+    if params.stream and params.response_format not in ("json", "text"):
         raise InvalidRequestError(
-            "stream=true is not supported by this server yet.", param="stream", code="unsupported_value"
+            "stream=true streams text: use response_format 'json' or 'text'.",
+            param="stream",
+            code="unsupported_value",
         )

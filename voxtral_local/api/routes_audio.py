@@ -1,36 +1,106 @@
-"""`POST /v1/audio/transcriptions`."""
+"""`POST /v1/audio/transcriptions` (optionally streamed) and `POST /v1/audio/translations`."""
 
 from __future__ import annotations
 
+import threading
+from collections.abc import AsyncIterator, Callable
+
 from fastapi import APIRouter, Request, Response
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
-from ..formatting import render
+from ..formatting import Task, render, token_usage
 from ..languages import normalize_language
+from ..protocol import (
+    ResponseFormat,
+    TranscriptionCreateParams,
+    TranscriptionTextDeltaEvent,
+    TranscriptionTextDoneEvent,
+    TranslationCreateParams,
+)
+from ..transcription import TranscriptionResult
+from . import sse
+from .background import Delta, Done, run_until_disconnect, stream_deltas
 from .deps import SettingsDep, TranscriptionServiceDep
-from .forms import parse_transcription_form
+from .forms import check_transcription_options, parse_audio_form
 
 router = APIRouter()
 
 # Most form fields a request may carry; the SDK sends fewer than ten.
 MAX_FORM_FIELDS = 64
+TRANSLATE_INSTRUCTION = "Translate this audio into English. Reply with the English translation only."
 
 
 @router.post("/v1/audio/transcriptions", response_model=None)
 async def create_transcription(request: Request, settings: SettingsDep, service: TranscriptionServiceDep) -> Response:
     """Transcribe an uploaded file (multipart, as `client.audio.transcriptions.create` sends it)."""
     async with request.form(max_files=2, max_fields=MAX_FORM_FIELDS) as form:
-        upload, params = parse_transcription_form(form, settings)
+        upload, params = parse_audio_form(form, settings, TranscriptionCreateParams)
+        check_transcription_options(params)
         language = normalize_language(params.language)
         data = await upload.read()
-    result = await run_in_threadpool(service.transcribe, data, language=language, temperature=params.temperature)
-    body, media_type = render(result, params.response_format)
-    headers: dict[str, str] = {}
+    samples = await run_in_threadpool(service.decode, data)
+    headers = {"X-Voxtral-Ignored-Fields": "prompt"} if params.prompt else {}
+    if params.stream:
+        await run_in_threadpool(service.engine.load)  # a load failure is a 503, not a stream error
+
+        def work(emit: Callable[[str], None], cancel: threading.Event) -> TranscriptionResult:
+            return service.transcribe(
+                samples, language=language, temperature=params.temperature, on_delta=emit, cancel=cancel
+            )
+
+        return StreamingResponse(
+            _transcript_events(work), media_type="text/event-stream", headers={**sse.STREAM_HEADERS, **headers}
+        )
+    result = await run_until_disconnect(
+        request,
+        lambda cancel: service.transcribe(samples, language=language, temperature=params.temperature, cancel=cancel),
+    )
+    return _rendered(result, params.response_format, "transcribe", headers)
+
+
+@router.post("/v1/audio/translations", response_model=None)
+async def create_translation(request: Request, settings: SettingsDep, service: TranscriptionServiceDep) -> Response:
+    """Translate an uploaded file into English text, with Voxtral's chat template chunk by chunk."""
+    async with request.form(max_files=2, max_fields=MAX_FORM_FIELDS) as form:
+        upload, params = parse_audio_form(form, settings, TranslationCreateParams)
+        data = await upload.read()
+    samples = await run_in_threadpool(service.decode, data)
+    result = await run_until_disconnect(
+        request,
+        lambda cancel: service.transcribe(
+            samples,
+            language=None,
+            temperature=params.temperature,
+            instruction=TRANSLATE_INSTRUCTION,
+            cancel=cancel,
+        ),
+    )
+    headers = {"X-Voxtral-Ignored-Fields": "prompt"} if params.prompt else {}
+    return _rendered(result, params.response_format, "translate", headers)
+
+
+def _rendered(
+    result: TranscriptionResult, response_format: ResponseFormat, task: Task, headers: dict[str, str]
+) -> Response:
+    body, media_type = render(result, response_format, task)
     if result.truncated_segments:
-        headers["X-Voxtral-Truncated-Segments"] = ",".join(str(i) for i in result.truncated_segments)
-    if params.prompt:
-        headers["X-Voxtral-Ignored-Fields"] = "prompt"
+        headers = {**headers, "X-Voxtral-Truncated-Segments": ",".join(str(i) for i in result.truncated_segments)}
     if isinstance(body, dict):
         return JSONResponse(body, headers=headers)
     return Response(body, media_type=media_type, headers=headers)
+
+
+async def _transcript_events(
+    work: Callable[[Callable[[str], None], threading.Event], TranscriptionResult],
+) -> AsyncIterator[str]:
+    sent: list[str] = []
+    async for item in stream_deltas(work):
+        if isinstance(item, Delta):
+            sent.append(item.text)
+            yield sse.event(TranscriptionTextDeltaEvent(delta=item.text))
+        elif isinstance(item, Done):
+            result: TranscriptionResult = item.result
+            yield sse.event(TranscriptionTextDoneEvent(text="".join(sent), usage=token_usage(result)))
+        else:
+            yield sse.error_event(item.error)

@@ -1,0 +1,104 @@
+"""`POST /v1/chat/completions`: audio understanding, and lotti's transcription through `audio`."""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable
+from typing import Literal
+
+from fastapi import APIRouter, Request, Response
+from fastapi.responses import JSONResponse, StreamingResponse
+from starlette.concurrency import run_in_threadpool
+
+from ..chat import ChatResult, PreparedChat
+from ..protocol import (
+    ChatCompletion,
+    ChatCompletionChunk,
+    ChatCompletionCreateParams,
+    ChatCompletionMessage,
+    Choice,
+    ChoiceDelta,
+    ChunkChoice,
+    CompletionUsage,
+)
+from . import sse
+from .background import Delta, Done, run_until_disconnect, stream_deltas
+from .deps import ChatServiceDep, SettingsDep
+from .forms import check_model
+
+router = APIRouter()
+
+
+@router.post("/v1/chat/completions", response_model=None)
+async def create_chat_completion(
+    params: ChatCompletionCreateParams, request: Request, settings: SettingsDep, chat: ChatServiceDep
+) -> Response:
+    """OpenAI chat completions; `input_audio` parts, or lotti's top-level `audio` + `language`."""
+    check_model(params.model, settings)
+    prepared = await run_in_threadpool(chat.prepare, params)
+    completion_id = f"chatcmpl-{uuid.uuid4().hex}"
+    created = int(time.time())
+    if params.stream:
+
+        def work(emit: Callable[[str], None], cancel: threading.Event) -> ChatResult:
+            return chat.run(prepared, on_delta=emit, cancel=cancel)
+
+        events = _chunks(work, prepared, completion_id, created)
+        return StreamingResponse(events, media_type="text/event-stream", headers=sse.STREAM_HEADERS)
+    result = await run_until_disconnect(request, lambda cancel: chat.run(prepared, cancel=cancel))
+    body = ChatCompletion(
+        id=completion_id,
+        created=created,
+        model=params.model,
+        choices=[Choice(message=ChatCompletionMessage(content=result.text), finish_reason=result.finish_reason)],
+        usage=_usage(result),
+    )
+    return JSONResponse(body.model_dump())
+
+
+def _usage(result: ChatResult) -> CompletionUsage:
+    return CompletionUsage(
+        prompt_tokens=result.prompt_tokens,
+        completion_tokens=result.completion_tokens,
+        total_tokens=result.prompt_tokens + result.completion_tokens,
+    )
+
+
+async def _chunks(
+    work: Callable[[Callable[[str], None], threading.Event], ChatResult],
+    prepared: PreparedChat,
+    completion_id: str,
+    created: int,
+) -> AsyncIterator[str]:
+    params = prepared.params
+    include_usage = bool(params.stream_options and params.stream_options.include_usage)
+
+    def chunk(delta: ChoiceDelta, finish_reason: Literal["stop", "length"] | None = None) -> str:
+        body = ChatCompletionChunk(
+            id=completion_id,
+            created=created,
+            model=params.model,
+            choices=[ChunkChoice(delta=delta, finish_reason=finish_reason)],
+        ).model_dump(mode="json")
+        body["choices"][0]["delta"] = delta.model_dump(exclude_none=True)  # no `"role": null` after the first
+        if include_usage:
+            body["usage"] = None  # as OpenAI: null on every chunk but the last
+        return sse.event(body)
+
+    yield chunk(ChoiceDelta(role="assistant", content=""))
+    async for item in stream_deltas(work):
+        if isinstance(item, Delta):
+            yield chunk(ChoiceDelta(content=item.text))
+        elif isinstance(item, Done):
+            result: ChatResult = item.result
+            yield chunk(ChoiceDelta(), result.finish_reason)
+            if include_usage:
+                usage = ChatCompletionChunk(
+                    id=completion_id, created=created, model=params.model, choices=[], usage=_usage(result)
+                )
+                yield sse.event(usage.model_dump(mode="json"))
+            yield sse.DONE
+        else:
+            yield sse.error_event(item.error)
