@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 import pytest
 import uvicorn
+from fastapi import FastAPI
 from openai import OpenAI
 
 from voxtral_local.api import create_app
@@ -26,6 +27,8 @@ os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
 FIXTURES = Path(__file__).parent / "fixtures"
 FORMATS = ["wav", "mp3", "m4a", "flac", "ogg", "opus", "webm", "mp4", "mov"]
+# The app behind each running server's URL, for tests that inspect or inject faults into its engine.
+APPS: dict[str, FastAPI] = {}
 
 
 @pytest.fixture(scope="session")
@@ -54,7 +57,8 @@ def free_port() -> int:
 def running_server(**overrides: Any) -> Iterator[str]:
     """Serve `create_app(Settings(**overrides))` with uvicorn on a loopback port; yield its base URL."""
     settings = Settings(_env_file=None, host="127.0.0.1", port=free_port(), **overrides)
-    config = uvicorn.Config(create_app(settings), host=settings.host, port=settings.port, log_level="warning")
+    app = create_app(settings)
+    config = uvicorn.Config(app, host=settings.host, port=settings.port, log_level="warning")
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
@@ -63,9 +67,12 @@ def running_server(**overrides: Any) -> Iterator[str]:
         if not thread.is_alive() or time.monotonic() > deadline:
             raise RuntimeError("uvicorn did not start")
         time.sleep(0.02)
+    url = f"http://127.0.0.1:{settings.port}"
+    APPS[url] = app
     try:
-        yield f"http://127.0.0.1:{settings.port}"
+        yield url
     finally:
+        APPS.pop(url, None)
         server.should_exit = True
         thread.join(timeout=30)
 

@@ -137,7 +137,6 @@ def test_prompt_is_accepted_and_reported_as_unused(client: OpenAI) -> None:
         ({"response_format": "docx"}, "response_format", "invalid_value", "docx"),
         ({"temperature": 3.5}, "temperature", "invalid_value", "temperature"),
         ({"extra_body": {"beam_size": "5"}}, "beam_size", "unknown_parameter", "Unrecognized"),
-        ({"stream": True}, "stream", "unsupported_value", "stream"),
     ],
 )  # fmt: skip
 def test_bad_parameters_get_400_with_the_param_named(

@@ -14,6 +14,7 @@ import torch
 from voxtral_local.audio import SAMPLE_RATE
 from voxtral_local.config import Settings
 from voxtral_local.engine import VoxtralEngine
+from voxtral_local.engine.generation import Sampling
 from voxtral_local.engine.prompts import transcription_inputs
 from voxtral_local.engine.runtime import resolve_device, resolve_dtype
 from voxtral_local.errors import ModelUnavailableError
@@ -115,7 +116,7 @@ def test_a_model_that_hears_nothing_stops_at_once(silent_model_dir: Path, speech
 def test_sampling_with_temperature_differs_from_greedy(engine: VoxtralEngine, speech: np.ndarray) -> None:
     greedy = engine.transcribe([speech], language=None)[0].token_ids
     torch.manual_seed(1)
-    sampled = engine.transcribe([speech], language=None, temperature=1.5)[0].token_ids
+    sampled = engine.transcribe([speech], language=None, sampling=Sampling(temperature=1.5))[0].token_ids
     assert sampled != greedy
 
 
