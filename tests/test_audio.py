@@ -83,3 +83,22 @@ def test_duration_limit_applies_to_the_soundfile_fast_path_before_reading() -> N
 def test_audio_exactly_at_the_limit_is_accepted() -> None:
     samples = decode_audio(encode(silence(5), "flac"), max_seconds=5)
     assert samples.shape[0] == 5 * SAMPLE_RATE
+
+
+def test_block_resampler_survives_a_format_change_mid_stream() -> None:
+    import av
+
+    from voxtral_local.audio import _BlockResampler
+
+    blocks = _BlockResampler()
+    for rate, layout, channels, seconds in [(22050, "mono", 1, 12.5), (44100, "stereo", 2, 3.0), (8000, "mono", 1, 1.0)]:
+        tone = np.sin(np.arange(int(rate * seconds)) * 2 * np.pi * 440 / rate).astype(np.float32) * 0.5
+        for piece in np.array_split(tone, max(1, int(seconds * 10))):  # 100 ms frames
+            planes = np.repeat(piece.reshape(1, -1), channels, axis=0)
+            frame = av.AudioFrame.from_ndarray(planes, format="fltp", layout=layout)
+            frame.sample_rate = rate
+            blocks.write(frame)
+    samples = blocks.finish()
+    assert abs(samples.shape[0] / SAMPLE_RATE - 16.5) < 0.05
+    # the tone survives; FFmpeg downmixes two identical 0.5 channels at -3 dB each, to 0.707
+    assert 0.45 < np.abs(samples).max() < 0.75
