@@ -91,7 +91,8 @@ def test_block_resampler_survives_a_format_change_mid_stream() -> None:
     from voxtral_local.audio import _BlockResampler
 
     blocks = _BlockResampler()
-    for rate, layout, channels, seconds in [(22050, "mono", 1, 12.5), (44100, "stereo", 2, 3.0), (8000, "mono", 1, 1.0)]:
+    formats = [(22050, "mono", 1, 12.5), (44100, "stereo", 2, 3.0), (8000, "mono", 1, 1.0)]
+    for rate, layout, channels, seconds in formats:
         tone = np.sin(np.arange(int(rate * seconds)) * 2 * np.pi * 440 / rate).astype(np.float32) * 0.5
         for piece in np.array_split(tone, max(1, int(seconds * 10))):  # 100 ms frames
             planes = np.repeat(piece.reshape(1, -1), channels, axis=0)

@@ -22,19 +22,20 @@ from .errors import install_error_handlers
 logger = logging.getLogger(__name__)
 
 
-def create_app(settings: Settings) -> FastAPI:
-    """Build the app; the engine is created by the lifespan and loaded at startup only with `preload`."""
+def create_app(settings: Settings, engine: VoxtralEngine | None = None) -> FastAPI:
+    """Build the app; the lifespan creates the engine (unless one is given, as the benchmark does) and
+    loads it at startup only with `preload`."""
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        engine = VoxtralEngine(settings)
+        engine_ = engine or VoxtralEngine(settings)
         app.state.settings = settings
-        app.state.engine = engine
-        app.state.transcription = TranscriptionService(settings, engine)
-        app.state.chat = ChatService(settings, engine, app.state.transcription)
+        app.state.engine = engine_
+        app.state.transcription = TranscriptionService(settings, engine_)
+        app.state.chat = ChatService(settings, engine_, app.state.transcription)
         if settings.preload:
             try:
-                await run_in_threadpool(engine.load)
+                await run_in_threadpool(engine_.load)
             except ModelUnavailableError as exc:
                 logger.error("preload failed; requests will get 503 until it loads: %s", exc.message)
         yield

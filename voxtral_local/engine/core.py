@@ -118,6 +118,12 @@ class VoxtralEngine:
             self.processor, self.device, self.dtype = processor, device, dtype
             self.model = model
 
+    def adopt(self, model: Any, processor: Any) -> None:
+        """Serve a model already in memory (the benchmark builds one without writing it to disk)."""
+        with self._load_lock:
+            self.model, self.processor = model, processor
+            self.device, self.dtype = model.device, model.dtype
+
     def token_cap(self, duration_s: float) -> int:
         """New-token cap for a chunk of this length; generous enough for very fast speech."""
         return math.ceil(duration_s * self.settings.max_tokens_per_audio_second) + CAP_MARGIN_TOKENS

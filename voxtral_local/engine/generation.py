@@ -23,6 +23,7 @@ class Sampling:
     top_p: float = 1.0
     seed: int | None = None
     stop: tuple[str, ...] = ()
+    min_new_tokens: int = 0  # end-of-sequence is suppressed until then (benchmarks force equal work)
 
 
 @dataclass(frozen=True)
@@ -153,6 +154,7 @@ def generate_rows(
     output = model.generate(
         **inputs,
         max_new_tokens=max(caps),
+        min_new_tokens=min(sampling.min_new_tokens, min(caps)),
         eos_token_id=eos_token_id,
         pad_token_id=pad_token_id,
         logits_processor=LogitsProcessorList([recorder]),
