@@ -161,3 +161,27 @@ def test_device_and_dtype_resolution_on_this_machine() -> None:
     if not torch.cuda.is_available():
         with pytest.raises(RuntimeError, match="no CUDA device"):
             resolve_device("cuda")
+
+
+@pytest.mark.parametrize("language", [None, "de"])
+def test_fast_inputs_are_identical_to_apply_transcription_request(
+    engine: VoxtralEngine, speech: np.ndarray, language: str | None
+) -> None:
+    rng = np.random.default_rng(3)
+    chunks = (
+        [
+            speech,
+            np.tile(speech, 5)[: SAMPLE_RATE * 30],  # exactly one window
+            speech[:4000],  # a quarter of a second
+            (rng.standard_normal(SAMPLE_RATE * 29) * 0.3).astype(np.float32),
+            np.tile(speech, 8)[: SAMPLE_RATE * 44],  # two windows: the other rows are left-padded
+            np.clip(rng.standard_normal(SAMPLE_RATE * 10), -1.2, 1.2).astype(np.float32) * 0.99,  # near full scale
+        ]
+        + [speech] * 9
+    )  # more than one CPU STFT group
+    assert engine.features is not None
+    official = transcription_inputs(engine.processor, chunks, language=language, model_id="voxtral")
+    fast = engine.features(chunks, language=language, device=torch.device("cpu"))
+    assert torch.equal(fast["input_ids"], official["input_ids"])
+    assert torch.equal(fast["attention_mask"], official["attention_mask"])
+    assert torch.equal(fast["input_features"], official["input_features"])

@@ -17,8 +17,9 @@ from ..audio import SAMPLE_RATE
 from ..config import Settings
 from ..errors import GenerationCancelledError, InvalidRequestError, ModelUnavailableError
 from ..streaming import OrderedText
+from .features import TranscriptionFeatures
 from .generation import FinishReason, Sampling, generate_rows
-from .prompts import Conversation, chat_inputs, transcription_inputs
+from .prompts import Conversation, chat_inputs
 from .runtime import resolve_device, resolve_dtype
 
 logger = logging.getLogger(__name__)
@@ -62,6 +63,7 @@ class VoxtralEngine:
         self.processor: Any = None
         self.device: torch.device | None = None
         self.dtype: torch.dtype | None = None
+        self.features: TranscriptionFeatures | None = None
         self._load_lock = threading.Lock()
         self._inference_lock = threading.Lock()
         self._busy = threading.Event()
@@ -116,6 +118,7 @@ class VoxtralEngine:
                     f"The model '{self.settings.model}' could not be loaded: {type(exc).__name__}: {exc}"
                 ) from exc
             self.processor, self.device, self.dtype = processor, device, dtype
+            self.features = TranscriptionFeatures(processor, self.settings.model)
             self.model = model
 
     def adopt(self, model: Any, processor: Any) -> None:
@@ -123,6 +126,7 @@ class VoxtralEngine:
         with self._load_lock:
             self.model, self.processor = model, processor
             self.device, self.dtype = model.device, model.dtype
+            self.features = TranscriptionFeatures(processor, self.settings.model)
 
     def token_cap(self, duration_s: float) -> int:
         """New-token cap for a chunk of this length; generous enough for very fast speech."""
@@ -144,7 +148,8 @@ class VoxtralEngine:
         """Transcribe chunks (mono 16 kHz) with the official transcription prompt, in batches."""
 
         def build(batch: Sequence[np.ndarray]) -> Any:
-            return transcription_inputs(self.processor, batch, language=language, model_id=self.settings.model)
+            assert self.features is not None and self.device is not None
+            return self.features(batch, language=language, device=self.device)
 
         caps = [self.token_cap(chunk.shape[0] / SAMPLE_RATE) for chunk in chunks]
         return self.generate(chunks, build, caps=caps, sampling=sampling, on_step=on_step, cancel=cancel)

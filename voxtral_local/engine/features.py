@@ -1,0 +1,95 @@
+"""Transcription inputs for many chunks at once, identical to `apply_transcription_request`'s, but fast.
+
+The official path writes every chunk to a 16-bit WAV, has mistral-common read and pad it, and extracts
+log-mel features chunk by chunk. Every chunk of up to 30 s has the same prompt, so the token ids are built
+once per (window count, language) with mistral-common and tiled; the audio gets the same 16-bit rounding and
+zero padding to whole 30 s windows; and the log-mel spectrograms of all chunks are computed in one batched
+torch STFT on the model's device, with Whisper's normalisation (per chunk).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..audio import SAMPLE_RATE
+from .prompts import transcription_inputs
+
+WINDOW_SAMPLES = 30 * SAMPLE_RATE  # one encoder window: 3000 mel frames, 375 audio tokens
+# On a CPU, STFTs of more than a few chunks at once fall out of cache (measured: 8 at a time is 3x faster
+# than 63 at once on 2 cores); an accelerator takes the whole group.
+CPU_STFT_GROUP = 8
+
+
+class TranscriptionFeatures:
+    """Builds `input_ids`, `attention_mask` and `input_features` for a batch of chunks."""
+
+    def __init__(self, processor: Any, model_id: str) -> None:
+        self.processor = processor
+        self.model_id = model_id
+        extractor = processor.feature_extractor
+        self.n_fft = int(extractor.n_fft)
+        self.hop_length = int(extractor.hop_length)
+        self.frames_per_window = WINDOW_SAMPLES // self.hop_length
+        self.mel_filters = torch.from_numpy(np.asarray(extractor.mel_filters, dtype=np.float32))
+        self.pad_token_id = int(processor.tokenizer.pad_token_id)
+        self._templates: dict[tuple[int, str | None], list[int]] = {}
+
+    def __call__(
+        self, chunks: Sequence[np.ndarray], *, language: str | None, device: torch.device
+    ) -> dict[str, torch.Tensor]:
+        windows = [max(1, math.ceil(chunk.shape[0] / WINDOW_SAMPLES)) for chunk in chunks]
+        ids = [self._template(w, language) for w in windows]
+        width = max(len(row) for row in ids)
+        input_ids = torch.full((len(ids), width), self.pad_token_id, dtype=torch.long)
+        attention_mask = torch.zeros((len(ids), width), dtype=torch.long)
+        for i, row in enumerate(ids):  # left padding, as the processor pads
+            input_ids[i, width - len(row) :] = torch.tensor(row)
+            attention_mask[i, width - len(row) :] = 1
+        features = [torch.empty(0)] * len(chunks)
+        group = CPU_STFT_GROUP if device.type == "cpu" else len(chunks)
+        for count in sorted(set(windows)):  # batched STFTs per padded length
+            members = [i for i, w in enumerate(windows) if w == count]
+            for first in range(0, len(members), group):
+                part = members[first : first + group]
+                mels = self.log_mel([chunks[i] for i in part], count * WINDOW_SAMPLES, device)
+                for i, mel in zip(part, mels, strict=True):
+                    features[i] = mel.reshape(mel.shape[0], count, self.frames_per_window).transpose(0, 1)
+        return {
+            "input_ids": input_ids.to(device),
+            "attention_mask": attention_mask.to(device),
+            "input_features": torch.cat(features),
+        }
+
+    def log_mel(self, chunks: Sequence[np.ndarray], length: int, device: torch.device) -> torch.Tensor:
+        """Whisper log-mel of 16-bit-rounded, zero-padded chunks: (chunks, mel bins, frames)."""
+        batch = np.zeros((len(chunks), length), dtype=np.float32)
+        for i, chunk in enumerate(chunks):
+            batch[i, : chunk.shape[0]] = chunk
+        waveform = torch.from_numpy(_pcm16_round_trip(batch)).to(device)
+        window = torch.hann_window(self.n_fft, device=device)
+        stft = torch.stft(waveform, self.n_fft, self.hop_length, window=window, return_complex=True)
+        magnitudes = (stft[..., :-1].abs() ** 2).contiguous()
+        mel = self.mel_filters.to(device).T @ magnitudes
+        log_spec = torch.clamp(mel, min=1e-10).log10()
+        peak = log_spec.amax(dim=(1, 2), keepdim=True)
+        return (torch.maximum(log_spec, peak - 8.0) + 4.0) / 4.0
+
+    def _template(self, windows: int, language: str | None) -> list[int]:
+        key = (windows, language)
+        if key not in self._templates:
+            silent = np.zeros(windows * WINDOW_SAMPLES, dtype=np.float32)
+            official = transcription_inputs(self.processor, [silent], language=language, model_id=self.model_id)
+            self._templates[key] = official["input_ids"][0].tolist()
+        return self._templates[key]
+
+
+def _pcm16_round_trip(samples: np.ndarray) -> np.ndarray:
+    """What writing float samples to a 16-bit WAV and reading them back does (libsndfile 1.2: floor of
+    x·32768, clipped)."""
+    quantised = np.clip(np.floor(samples * np.float32(32768)), -32768, 32767)
+    return (quantised / np.float32(32768)).astype(np.float32)
