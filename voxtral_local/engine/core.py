@@ -6,7 +6,7 @@ import logging
 import math
 import threading
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -18,7 +18,7 @@ from ..config import Settings
 from ..errors import GenerationCancelledError, InvalidRequestError, ModelUnavailableError
 from ..streaming import OrderedText
 from .features import TranscriptionFeatures
-from .generation import FinishReason, Sampling, generate_rows
+from .generation import FinishReason, RowResult, Sampling, generate_rows
 from .prompts import Conversation, chat_inputs
 from .runtime import resolve_device, resolve_dtype
 
@@ -26,6 +26,8 @@ logger = logging.getLogger(__name__)
 
 # Added to every chunk's token cap so that very short chunks still have room.
 CAP_MARGIN_TOKENS = 32
+# Tokens the first chunk of a streamed batch generates alone before the batch starts: a few words.
+HEAD_START_TOKENS = 8
 
 GREEDY = Sampling()
 
@@ -204,7 +206,7 @@ class VoxtralEngine:
             eos = int(self.processor.tokenizer.eos_token_id)
             assembler = OrderedText(1, self.decode, eos_token_id=eos, caps=[cap], stop=sampling.stop)
             step = _offset(assembler.forward_to(on_delta), 0)
-        (out,) = self._generate_batch(inputs, [cap], sampling, step, cancel)
+        (out,) = self._outputs(inputs, self._run(inputs, [cap], sampling, step, cancel))
         if assembler is not None and on_delta is not None:
             for delta in assembler.finish([out.text]):
                 on_delta(delta)
@@ -228,30 +230,80 @@ class VoxtralEngine:
         outputs: list[ChunkOutput] = []
         size = self.settings.batch_size
         for first in range(0, len(items), size):
+            part, part_caps = items[first : first + size], caps[first : first + size]
+            if first == 0 and on_step is not None and len(part) > 1:
+                outputs.extend(self._with_head_start(part, build_inputs, part_caps, sampling, on_step, cancel))
+                continue
             step = None if on_step is None else _offset(on_step, first)
-            outputs.extend(
-                self._generate_batch(
-                    build_inputs(items[first : first + size]), caps[first : first + size], sampling, step, cancel
-                )
-            )
+            inputs = build_inputs(part)
+            outputs.extend(self._outputs(inputs, self._run(inputs, part_caps, sampling, step, cancel)))
         return outputs
 
-    def _generate_batch(
+    def _with_head_start(
+        self,
+        items: Sequence[T],
+        build_inputs: Callable[[Sequence[T]], Any],
+        caps: Sequence[int],
+        sampling: Sampling,
+        on_step: RowStepCallback,
+        cancel: threading.Event | None,
+    ) -> list[ChunkOutput]:
+        """Stream the first chunk at once, then decode the whole batch.
+
+        The first chunk alone gets a short head start (one window through the encoder, so its first words
+        do not wait for the whole batch's prefill); the batch then runs with those tokens forced for row 0,
+        which keeps the text exactly what decoding the batch alone would give under greedy decoding.
+        """
+        eos = int(self.processor.tokenizer.eos_token_id)
+        head_inputs = build_inputs(items[:1])
+        (head,) = self._run(head_inputs, [min(HEAD_START_TOKENS, caps[0])], sampling, _offset(on_step, 0), cancel)
+        prefix = head.token_ids + ([eos] if head.finish_reason == "stop" else [])
+        if head.finish_reason == "stop" or len(prefix) >= caps[0]:  # the first chunk is already complete
+            (first,) = self._outputs(head_inputs, [head])
+            rest = self._with_offset(items[1:], build_inputs, caps[1:], sampling, on_step, cancel)
+            return [first, *rest]
+
+        def step(tokens: list[int]) -> None:
+            generated = len(step_count)
+            step_count.append(1)
+            if generated < len(prefix):
+                on_step(1, tokens[1:])  # row 0's tokens here were streamed in the head start
+            else:
+                on_step(0, tokens)
+
+        step_count: list[int] = []
+        inputs = build_inputs(items)
+        rows = self._run(inputs, caps, sampling, step, cancel, row0_prefix=prefix)
+        n = len(prefix)  # row 0's log-probs and P(no speech) for the forced steps come from the head start
+        rows[0] = replace(
+            rows[0], logprobs=head.logprobs[:n] + rows[0].logprobs[n:], no_speech_prob=head.no_speech_prob
+        )
+        return self._outputs(inputs, rows)
+
+    def _with_offset(
+        self,
+        items: Sequence[T],
+        build_inputs: Callable[[Sequence[T]], Any],
+        caps: Sequence[int],
+        sampling: Sampling,
+        on_step: RowStepCallback,
+        cancel: threading.Event | None,
+    ) -> list[ChunkOutput]:
+        inputs = build_inputs(items)
+        return self._outputs(inputs, self._run(inputs, caps, sampling, _offset(on_step, 1), cancel))
+
+    def _run(
         self,
         inputs: Any,
         caps: Sequence[int],
         sampling: Sampling,
         on_step: Callable[[list[int]], None] | None,
         cancel: threading.Event | None,
-    ) -> list[ChunkOutput]:
-        batch = {
-            "input_ids": inputs["input_ids"].to(self.device),
-            "attention_mask": inputs["attention_mask"].to(self.device),
-        }
-        if "input_features" in inputs:
-            batch["input_features"] = inputs["input_features"].to(self.device, dtype=self.dtype)
+        row0_prefix: Sequence[int] = (),
+    ) -> list[RowResult]:
+        """One `generate` under the inference lock."""
+        batch = self._on_device(inputs)
         tokenizer = self.processor.tokenizer
-        audio_token_id = int(self.model.config.audio_token_id)
         with self._inference_lock:
             if cancel is not None and cancel.is_set():
                 raise GenerationCancelledError("The client went away before generation started.")
@@ -268,11 +320,25 @@ class VoxtralEngine:
                         decode=self.decode,
                         on_step=on_step,
                         cancel=cancel,
+                        row0_prefix=row0_prefix,
                     )
             finally:
                 self._busy.clear()
         if any(row.finish_reason == "cancelled" for row in rows):
             raise GenerationCancelledError("The client went away; generation was stopped.")
+        return rows
+
+    def _on_device(self, inputs: Any) -> dict[str, torch.Tensor]:
+        batch = {
+            "input_ids": inputs["input_ids"].to(self.device),
+            "attention_mask": inputs["attention_mask"].to(self.device),
+        }
+        if "input_features" in inputs:
+            batch["input_features"] = inputs["input_features"].to(self.device, dtype=self.dtype)
+        return batch
+
+    def _outputs(self, inputs: Any, rows: list[RowResult]) -> list[ChunkOutput]:
+        audio_token_id = int(self.model.config.audio_token_id)
         outputs = []
         for i, row in enumerate(rows):
             text = self.decode(row.token_ids)
@@ -285,8 +351,8 @@ class VoxtralEngine:
                     avg_logprob=float(np.mean(row.logprobs)) if row.logprobs else 0.0,
                     no_speech_prob=row.no_speech_prob,
                     finish_reason=row.finish_reason,
-                    prompt_tokens=int(batch["attention_mask"][i].sum()),
-                    audio_tokens=int((batch["input_ids"][i] == audio_token_id).sum()),
+                    prompt_tokens=int(inputs["attention_mask"][i].sum()),
+                    audio_tokens=int((inputs["input_ids"][i] == audio_token_id).sum()),
                 )
             )
         return outputs

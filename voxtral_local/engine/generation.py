@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -67,6 +68,21 @@ class LogprobRecorder(LogitsProcessor):
         if self._previous is not None:
             self.steps.append(self._previous.gather(1, chosen.view(-1, 1)).squeeze(1).cpu())
             self._previous = None
+
+
+class ForcedPrefix(LogitsProcessor):
+    """Makes row 0 choose given tokens at its first steps (tokens it already produced in a head start)."""
+
+    def __init__(self, prompt_length: int, tokens: Sequence[int]) -> None:
+        self.prompt_length = prompt_length
+        self.tokens = list(tokens)
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        step = input_ids.shape[1] - self.prompt_length
+        if step < len(self.tokens):
+            scores[0, :] = -math.inf
+            scores[0, self.tokens[step]] = 0.0
+        return scores
 
 
 class RowTokenCap(StoppingCriteria):
@@ -135,10 +151,17 @@ def generate_rows(
     decode: Callable[[list[int]], str],
     on_step: StepCallback | None = None,
     cancel: threading.Event | None = None,
+    row0_prefix: Sequence[int] = (),
 ) -> list[RowResult]:
-    """Run one `generate` over a batch; each row stops at EOS, a stop string, or its cap."""
+    """Run one `generate` over a batch; each row stops at EOS, a stop string, or its cap.
+
+    `row0_prefix` forces row 0's first tokens (its log-probs for those steps are then meaningless).
+    """
     prompt_length = int(inputs["input_ids"].shape[1])
     recorder = LogprobRecorder(eos_token_id)
+    processors: list[LogitsProcessor] = [recorder]
+    if row0_prefix:
+        processors.insert(0, ForcedPrefix(prompt_length, row0_prefix))
     criteria: list[StoppingCriteria] = [RowTokenCap(prompt_length, caps, inputs["input_ids"].device)]
     if sampling.stop:
         criteria.append(StopStrings(prompt_length, sampling.stop, decode))
@@ -157,7 +180,7 @@ def generate_rows(
         min_new_tokens=min(sampling.min_new_tokens, min(caps)),
         eos_token_id=eos_token_id,
         pad_token_id=pad_token_id,
-        logits_processor=LogitsProcessorList([recorder]),
+        logits_processor=LogitsProcessorList(processors),
         stopping_criteria=StoppingCriteriaList(criteria),
         streamer=StepStreamer(on_step) if on_step is not None else None,
         **options,

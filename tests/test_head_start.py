@@ -1,0 +1,73 @@
+"""Streaming: the first chunk's words do not wait for the whole batch's encoder pass and prefill."""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from voxtral_local.config import Settings
+from voxtral_local.engine import VoxtralEngine
+from voxtral_local.transcription import TranscriptionService
+
+from .test_chunking import speech_with_gaps
+
+
+@pytest.fixture(scope="module")
+def service(tiny_model_dir: Path) -> TranscriptionService:
+    settings = Settings(_env_file=None, model=str(tiny_model_dir))
+    engine = VoxtralEngine(settings)
+    engine.load()
+    return TranscriptionService(settings, engine)
+
+
+def windows_per_encoder_call(engine: VoxtralEngine) -> list[int]:
+    """Record how many 30 s windows each pass of the real audio encoder takes."""
+    tower = engine.model.model.audio_tower
+    original = tower.forward
+    calls: list[int] = []
+
+    @functools.wraps(original)
+    def forward(input_features: Any, *args: Any, **kwargs: Any) -> Any:
+        calls.append(int(input_features.shape[0]))
+        return original(input_features, *args, **kwargs)
+
+    tower.forward = forward
+    return calls
+
+
+@pytest.mark.parametrize("minutes", [1, 4])
+def test_first_delta_needs_one_encoder_window_whatever_the_length(
+    service: TranscriptionService, speech: np.ndarray, minutes: int
+) -> None:
+    audio, _ = speech_with_gaps(speech, minutes=minutes)
+    calls = windows_per_encoder_call(service.engine)
+    seen_at_first_delta: list[list[int]] = []
+
+    def on_delta(delta: str) -> None:
+        if not seen_at_first_delta:
+            seen_at_first_delta.append(list(calls))
+
+    try:
+        result = service.transcribe(audio, language=None, on_delta=on_delta)
+    finally:
+        del service.engine.model.model.audio_tower.forward
+    assert seen_at_first_delta == [[1]]  # only the first chunk had been through the encoder
+    assert calls == [1, len(result.segments)]  # then the whole batch, once
+
+
+def test_streamed_and_plain_decoding_give_the_same_segments(service: TranscriptionService, speech: np.ndarray) -> None:
+    audio, _ = speech_with_gaps(speech, minutes=2)
+    plain = service.transcribe(audio, language="en")
+    deltas: list[str] = []
+    streamed = service.transcribe(audio, language="en", on_delta=deltas.append)
+    assert "".join(deltas) == streamed.text == plain.text
+    for a, b in zip(plain.segments, streamed.segments, strict=True):
+        assert a.tokens == b.tokens
+        assert a.avg_logprob == pytest.approx(b.avg_logprob, abs=1e-3)
+        assert a.no_speech_prob == pytest.approx(b.no_speech_prob, abs=1e-3)
+    assert streamed.completion_tokens == plain.completion_tokens
+    assert streamed.prompt_tokens == plain.prompt_tokens
