@@ -71,3 +71,14 @@ def test_streamed_and_plain_decoding_give_the_same_segments(service: Transcripti
         assert a.no_speech_prob == pytest.approx(b.no_speech_prob, abs=1e-3)
     assert streamed.completion_tokens == plain.completion_tokens
     assert streamed.prompt_tokens == plain.prompt_tokens
+
+
+def test_a_first_chunk_that_ends_during_its_head_start(silent_model_dir: Path, speech: np.ndarray) -> None:
+    settings = Settings(_env_file=None, model=str(silent_model_dir))
+    service = TranscriptionService(settings, VoxtralEngine(settings))
+    audio, _ = speech_with_gaps(speech, minutes=2)
+    deltas: list[str] = []
+    result = service.transcribe(audio, language=None, on_delta=deltas.append)
+    assert deltas == [] and result.text == ""
+    assert len(result.segments) >= 4
+    assert all(s.tokens == [] and not s.truncated and s.no_speech_prob == pytest.approx(1.0) for s in result.segments)

@@ -260,8 +260,9 @@ class VoxtralEngine:
         prefix = head.token_ids + ([eos] if head.finish_reason == "stop" else [])
         if head.finish_reason == "stop" or len(prefix) >= caps[0]:  # the first chunk is already complete
             (first,) = self._outputs(head_inputs, [head])
-            rest = self._with_offset(items[1:], build_inputs, caps[1:], sampling, on_step, cancel)
-            return [first, *rest]
+            rest_inputs = build_inputs(items[1:])
+            rest = self._run(rest_inputs, caps[1:], sampling, _offset(on_step, 1), cancel)
+            return [first, *self._outputs(rest_inputs, rest)]
 
         def step(tokens: list[int]) -> None:
             generated = len(step_count)
@@ -279,18 +280,6 @@ class VoxtralEngine:
             rows[0], logprobs=head.logprobs[:n] + rows[0].logprobs[n:], no_speech_prob=head.no_speech_prob
         )
         return self._outputs(inputs, rows)
-
-    def _with_offset(
-        self,
-        items: Sequence[T],
-        build_inputs: Callable[[Sequence[T]], Any],
-        caps: Sequence[int],
-        sampling: Sampling,
-        on_step: RowStepCallback,
-        cancel: threading.Event | None,
-    ) -> list[ChunkOutput]:
-        inputs = build_inputs(items)
-        return self._outputs(inputs, self._run(inputs, caps, sampling, _offset(on_step, 1), cancel))
 
     def _run(
         self,
