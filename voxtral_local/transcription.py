@@ -15,7 +15,6 @@ from .config import Settings
 from .engine import ChunkOutput, VoxtralEngine
 from .engine.generation import Sampling
 from .engine.prompts import audio_part
-from .streaming import OrderedText
 
 DeltaCallback = Callable[[str], None]
 
@@ -95,16 +94,12 @@ class TranscriptionService:
         if max_tokens_per_chunk is not None:
             caps = [min(cap, max_tokens_per_chunk) for cap in caps]
         self.engine.load()
-        assembler = None
-        on_step = None
-        if on_delta is not None:
-            assembler = OrderedText(len(chunks), self.engine.decode, eos_token_id=self._eos_token_id(), caps=caps)
-            on_step = assembler.forward_to(on_delta)
         sampling = Sampling(temperature=temperature, seed=seed)
-        outputs = self._generate(chunks, caps, language, sampling, instruction, on_step, cancel)
-        if assembler is not None and on_delta is not None:
-            for delta in assembler.finish([out.text for out in outputs]):
-                on_delta(delta)
+        outputs = self.engine.stream_text(
+            caps,
+            on_delta,
+            lambda on_step: self._generate(chunks, caps, language, sampling, instruction, on_step, cancel),
+        )
         return self._result(samples, chunks, outputs, language, temperature)
 
     def _generate(
@@ -126,9 +121,6 @@ class TranscriptionService:
             for c in chunks
         ]
         return self.engine.chat(conversations, caps=caps, sampling=sampling, on_step=on_step, cancel=cancel)
-
-    def _eos_token_id(self) -> int:
-        return int(self.engine.processor.tokenizer.eos_token_id)
 
     @staticmethod
     def _result(

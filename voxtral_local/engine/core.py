@@ -134,6 +134,26 @@ class VoxtralEngine:
         """New-token cap for a chunk of this length; generous enough for very fast speech."""
         return math.ceil(duration_s * self.settings.max_tokens_per_audio_second) + CAP_MARGIN_TOKENS
 
+    @property
+    def eos_token_id(self) -> int:
+        return int(self.processor.tokenizer.eos_token_id)
+
+    def stream_text(
+        self,
+        caps: Sequence[int],
+        on_delta: Callable[[str], None] | None,
+        run: Callable[[RowStepCallback | None], list[ChunkOutput]],
+        stop: Sequence[str] = (),
+    ) -> list[ChunkOutput]:
+        """Call `run(on_step)`; with `on_delta`, turn its per-step tokens into ordered text deltas."""
+        if on_delta is None:
+            return run(None)
+        assembler = OrderedText(len(caps), self.decode, eos_token_id=self.eos_token_id, caps=caps, stop=stop)
+        outputs = run(assembler.forward_to(on_delta))
+        for delta in assembler.finish([out.text for out in outputs]):
+            on_delta(delta)
+        return outputs
+
     def decode(self, token_ids: list[int]) -> str:
         """Text of generated tokens, special tokens left out."""
         return str(self.processor.tokenizer.decode(token_ids, skip_special_tokens=True))
@@ -200,16 +220,12 @@ class VoxtralEngine:
                 code="context_length_exceeded",
             )
         cap = max_new_tokens or room
-        step = None
-        assembler = None
-        if on_delta is not None:
-            eos = int(self.processor.tokenizer.eos_token_id)
-            assembler = OrderedText(1, self.decode, eos_token_id=eos, caps=[cap], stop=sampling.stop)
-            step = _offset(assembler.forward_to(on_delta), 0)
-        (out,) = self._outputs(inputs, self._run(inputs, [cap], sampling, step, cancel))
-        if assembler is not None and on_delta is not None:
-            for delta in assembler.finish([out.text]):
-                on_delta(delta)
+
+        def run(on_step: RowStepCallback | None) -> list[ChunkOutput]:
+            step = None if on_step is None else _offset(on_step, 0)
+            return self._outputs(inputs, self._run(inputs, [cap], sampling, step, cancel))
+
+        (out,) = self.stream_text([cap], on_delta, run, stop=sampling.stop)
         return out
 
     def generate(
@@ -254,7 +270,7 @@ class VoxtralEngine:
         do not wait for the whole batch's prefill); the batch then runs with those tokens forced for row 0,
         which keeps the text exactly what decoding the batch alone would give under greedy decoding.
         """
-        eos = int(self.processor.tokenizer.eos_token_id)
+        eos = self.eos_token_id
         head_inputs = build_inputs(items[:1])
         (head,) = self._run(head_inputs, [min(HEAD_START_TOKENS, caps[0])], sampling, _offset(on_step, 0), cancel)
         prefix = head.token_ids + ([eos] if head.finish_reason == "stop" else [])
@@ -304,7 +320,7 @@ class VoxtralEngine:
                         batch,
                         caps=caps,
                         sampling=sampling,
-                        eos_token_id=int(tokenizer.eos_token_id),
+                        eos_token_id=self.eos_token_id,
                         pad_token_id=int(tokenizer.pad_token_id),
                         decode=self.decode,
                         on_step=on_step,
