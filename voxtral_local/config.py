@@ -49,7 +49,18 @@ class Settings(BaseSettings):
         le=1800.0,
         description="Longest chunk of audio per prompt; 30 s is one Voxtral encoder window.",
     )
-    batch_size: int = Field(32, ge=1, description="Most chunks decoded together in one generate() call.")
+    batch_size: int = Field(
+        0,
+        ge=0,
+        description="Most rows (chunks or chats, from all requests) decoded together; 0: as many as the memory "
+        "budget allows.",
+    )
+    memory_budget_gb: float = Field(
+        0.0,
+        ge=0,
+        description="Memory in GiB for the KV cache and activations, beyond the weights; 0: auto, the smaller of "
+        "16 GiB and 85% of the free memory after loading.",
+    )
     max_tokens_per_audio_second: float = Field(
         10.0,
         gt=0,

@@ -15,6 +15,7 @@ from .config import Settings
 from .engine import ChunkOutput, VoxtralEngine
 from .engine.generation import Sampling
 from .engine.prompts import audio_part
+from .engine.scheduler import TokenCallback
 
 DeltaCallback = Callable[[str], None]
 
@@ -98,7 +99,7 @@ class TranscriptionService:
         outputs = self.engine.stream_text(
             caps,
             on_delta,
-            lambda on_step: self._generate(chunks, caps, language, sampling, instruction, on_step, cancel),
+            lambda on_token: self._generate(chunks, caps, language, sampling, instruction, on_token, cancel),
         )
         return self._result(samples, chunks, outputs, language, temperature)
 
@@ -109,18 +110,18 @@ class TranscriptionService:
         language: str | None,
         sampling: Sampling,
         instruction: str | None,
-        on_step: Callable[[int, list[int]], None] | None,
+        on_token: TokenCallback | None,
         cancel: threading.Event | None,
     ) -> list[ChunkOutput]:
         if instruction is None:
             return self.engine.transcribe(
-                [c.samples for c in chunks], language=language, sampling=sampling, on_step=on_step, cancel=cancel
+                [c.samples for c in chunks], language=language, sampling=sampling, on_token=on_token, cancel=cancel
             )
         conversations = [
             [{"role": "user", "content": [audio_part(c.samples), {"type": "text", "text": instruction}]}]
             for c in chunks
         ]
-        return self.engine.chat(conversations, caps=caps, sampling=sampling, on_step=on_step, cancel=cancel)
+        return self.engine.chat(conversations, caps=caps, sampling=sampling, on_token=on_token, cancel=cancel)
 
     @staticmethod
     def _result(

@@ -6,34 +6,31 @@ import logging
 import math
 import threading
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import numpy as np
 import torch
 
 from ..audio import SAMPLE_RATE
 from ..config import Settings
-from ..errors import GenerationCancelledError, InvalidRequestError, ModelUnavailableError
+from ..errors import InvalidRequestError, ModelUnavailableError
 from ..streaming import OrderedText
-from .features import TranscriptionFeatures
-from .generation import FinishReason, RowResult, Sampling, generate_rows
+from .features import WINDOW_SAMPLES, TranscriptionFeatures
+from .generation import FinishReason, RowResult, Sampling
+from .inputs import Inputs, merge_inputs, split_rows
+from .memory import MemoryPlan
 from .prompts import Conversation, chat_inputs
 from .runtime import resolve_device, resolve_dtype
+from .scheduler import Footprint, Job, Scheduler, TokenCallback
 
 logger = logging.getLogger(__name__)
 
 # Added to every chunk's token cap so that very short chunks still have room.
 CAP_MARGIN_TOKENS = 32
-# Tokens the first chunk of a streamed batch generates alone before the batch starts: a few words.
-HEAD_START_TOKENS = 8
 
 GREEDY = Sampling()
-
-T = TypeVar("T")
-# Called with the global index of the first row of a batch and each row's new token at one step.
-RowStepCallback = Callable[[int, list[int]], None]
 
 
 @dataclass(frozen=True)
@@ -56,7 +53,8 @@ class ChunkOutput:
 class VoxtralEngine:
     """Loads `VoxtralForConditionalGeneration` and its processor, and runs batched generation.
 
-    Thread-safe: loading happens once under a lock, and one generation runs at a time.
+    Thread-safe: loading happens once under a lock; every request's rows go to one `Scheduler`, which
+    decodes them together (continuous batching).
     """
 
     def __init__(self, settings: Settings) -> None:
@@ -66,9 +64,8 @@ class VoxtralEngine:
         self.device: torch.device | None = None
         self.dtype: torch.dtype | None = None
         self.features: TranscriptionFeatures | None = None
+        self.scheduler: Scheduler | None = None
         self._load_lock = threading.Lock()
-        self._inference_lock = threading.Lock()
-        self._busy = threading.Event()
 
     @property
     def loaded(self) -> bool:
@@ -76,8 +73,8 @@ class VoxtralEngine:
 
     @property
     def busy(self) -> bool:
-        """True while a generation runs."""
-        return self._busy.is_set()
+        """True while any request's rows wait or decode."""
+        return self.scheduler is not None and self.scheduler.busy
 
     def device_name(self) -> str:
         """The device the model runs (or will run) on."""
@@ -119,16 +116,32 @@ class VoxtralEngine:
                 raise ModelUnavailableError(
                     f"The model '{self.settings.model}' could not be loaded: {type(exc).__name__}: {exc}"
                 ) from exc
-            self.processor, self.device, self.dtype = processor, device, dtype
-            self.features = TranscriptionFeatures(processor, self.settings.model)
-            self.model = model
+            self._serve(model, processor)
 
     def adopt(self, model: Any, processor: Any) -> None:
         """Serve a model already in memory (the benchmark builds one without writing it to disk)."""
         with self._load_lock:
-            self.model, self.processor = model, processor
-            self.device, self.dtype = model.device, model.dtype
-            self.features = TranscriptionFeatures(processor, self.settings.model)
+            self._serve(model, processor)
+
+    def _serve(self, model: Any, processor: Any) -> None:
+        self.processor, self.device, self.dtype = processor, model.device, model.dtype
+        self.features = TranscriptionFeatures(processor, self.settings.model)
+        self.plan = MemoryPlan.for_model(
+            model, model.device, self.settings.memory_budget_gb, max_rows=self.settings.batch_size
+        )
+        if self.scheduler is not None:
+            self.scheduler.close()
+        tokenizer = processor.tokenizer
+        self.scheduler = Scheduler(
+            model,
+            self.plan,
+            eos_token_id=int(tokenizer.eos_token_id),
+            pad_token_id=int(tokenizer.pad_token_id),
+            decode=self.decode,
+        )
+        self.model = model
+        plan = self.plan
+        logger.info("memory budget %.1f GiB, KV cache %d bytes per token", plan.budget / 2**30, plan.kv_per_token)
 
     def token_cap(self, duration_s: float) -> int:
         """New-token cap for a chunk of this length; generous enough for very fast speech."""
@@ -142,14 +155,15 @@ class VoxtralEngine:
         self,
         caps: Sequence[int],
         on_delta: Callable[[str], None] | None,
-        run: Callable[[RowStepCallback | None], list[ChunkOutput]],
+        run: Callable[[TokenCallback | None], list[ChunkOutput]],
         stop: Sequence[str] = (),
     ) -> list[ChunkOutput]:
-        """Call `run(on_step)`; with `on_delta`, turn its per-step tokens into ordered text deltas."""
+        """Call `run(on_token)`; with `on_delta`, turn its rows' tokens into ordered text deltas."""
         if on_delta is None:
             return run(None)
         assembler = OrderedText(len(caps), self.decode, eos_token_id=self.eos_token_id, caps=caps, stop=stop)
-        outputs = run(assembler.forward_to(on_delta))
+        forward = assembler.forward_to(on_delta)
+        outputs = run(lambda row, token: forward(row, [token]))
         for delta in assembler.finish([out.text for out in outputs]):
             on_delta(delta)
         return outputs
@@ -164,17 +178,23 @@ class VoxtralEngine:
         *,
         language: str | None,
         sampling: Sampling = GREEDY,
-        on_step: RowStepCallback | None = None,
+        on_token: TokenCallback | None = None,
         cancel: threading.Event | None = None,
     ) -> list[ChunkOutput]:
-        """Transcribe chunks (mono 16 kHz) with the official transcription prompt, in batches."""
-
-        def build(batch: Sequence[np.ndarray]) -> Any:
-            assert self.features is not None and self.device is not None
-            return self.features(batch, language=language, device=self.device)
-
-        caps = [self.token_cap(chunk.shape[0] / SAMPLE_RATE) for chunk in chunks]
-        return self.generate(chunks, build, caps=caps, sampling=sampling, on_step=on_step, cancel=cancel)
+        """Transcribe chunks (mono 16 kHz) with the official transcription prompt; outputs in chunk order."""
+        self.load()
+        assert self.features is not None and self.device is not None
+        features, device = self.features, self.device
+        windows = [max(1, math.ceil(chunk.shape[0] / WINDOW_SAMPLES)) for chunk in chunks]
+        job = Job(
+            build=lambda rows: features([chunks[i] for i in rows], language=language, device=device),
+            footprints=[Footprint(features.prompt_length(w, language), w) for w in windows],
+            caps=[self.token_cap(chunk.shape[0] / SAMPLE_RATE) for chunk in chunks],
+            sampling=sampling,
+            on_token=on_token,
+            cancel=cancel,
+        )
+        return self._run(job)
 
     def chat(
         self,
@@ -182,20 +202,36 @@ class VoxtralEngine:
         *,
         caps: Sequence[int],
         sampling: Sampling = GREEDY,
-        on_step: RowStepCallback | None = None,
+        on_token: TokenCallback | None = None,
         cancel: threading.Event | None = None,
     ) -> list[ChunkOutput]:
-        """Generate a reply to each conversation, in batches."""
+        """Generate a reply to each conversation; outputs in conversation order."""
+        self.load()
+        return self._run(self._chat_job(self._chat_inputs(conversations), caps, sampling, on_token, cancel))
 
-        return self.generate(
-            conversations, self._chat_inputs, caps=caps, sampling=sampling, on_step=on_step, cancel=cancel
-        )
-
-    def _chat_inputs(self, conversations: Sequence[Conversation]) -> Any:
+    def _chat_inputs(self, conversations: Sequence[Conversation]) -> list[Inputs]:
         try:
-            return chat_inputs(self.processor, conversations)
+            inputs = chat_inputs(self.processor, conversations)
         except (ValueError, TypeError, AssertionError) as exc:  # mistral-common's message validation
             raise InvalidRequestError(f"Invalid messages: {exc}", param="messages") from exc
+        return split_rows(inputs, int(self.model.config.audio_token_id))
+
+    def _chat_job(
+        self,
+        rows: list[Inputs],
+        caps: Sequence[int],
+        sampling: Sampling,
+        on_token: TokenCallback | None,
+        cancel: threading.Event | None,
+    ) -> Job:
+        device, dtype, pad = self.device, self.dtype, int(self.processor.tokenizer.pad_token_id)
+
+        def build(indices: Sequence[int]) -> Inputs:
+            merged = merge_inputs([rows[i] for i in indices], pad)
+            return {k: v.to(device, dtype=dtype if k == "input_features" else None) for k, v in merged.items()}
+
+        footprints = [Footprint(int(r["input_ids"].shape[1]), len(r.get("input_features", ()))) for r in rows]
+        return Job(build, footprints, caps, sampling, on_token, cancel)
 
     def chat_one(
         self,
@@ -208,8 +244,8 @@ class VoxtralEngine:
     ) -> ChunkOutput:
         """Reply to one conversation; the prompt and the reply must fit the context window."""
         self.load()
-        inputs = self._chat_inputs([conversation])
-        prompt_tokens = int(inputs["attention_mask"][0].sum())
+        rows = self._chat_inputs([conversation])
+        prompt_tokens = int(rows[0]["input_ids"].shape[1])
         context = self.settings.max_context_tokens
         room = context - prompt_tokens
         if room <= 0 or (max_new_tokens is not None and max_new_tokens > room):
@@ -221,146 +257,29 @@ class VoxtralEngine:
             )
         cap = max_new_tokens or room
 
-        def run(on_step: RowStepCallback | None) -> list[ChunkOutput]:
-            step = None if on_step is None else _offset(on_step, 0)
-            return self._outputs(inputs, self._run(inputs, [cap], sampling, step, cancel))
+        def run(on_token: TokenCallback | None) -> list[ChunkOutput]:
+            return self._run(self._chat_job(rows, [cap], sampling, on_token, cancel))
 
         (out,) = self.stream_text([cap], on_delta, run, stop=sampling.stop)
         return out
 
-    def generate(
-        self,
-        items: Sequence[T],
-        build_inputs: Callable[[Sequence[T]], Any],
-        *,
-        caps: Sequence[int],
-        sampling: Sampling,
-        on_step: RowStepCallback | None = None,
-        cancel: threading.Event | None = None,
-    ) -> list[ChunkOutput]:
-        """Build inputs for up to `batch_size` items at a time and generate; outputs in item order.
+    def _run(self, job: Job) -> list[ChunkOutput]:
+        assert self.scheduler is not None
+        return [self._output(row) for row in self.scheduler.run(job)]
 
-        Raises GenerationCancelledError once `cancel` is set.
-        """
-        self.load()
-        outputs: list[ChunkOutput] = []
-        size = self.settings.batch_size
-        for first in range(0, len(items), size):
-            part, part_caps = items[first : first + size], caps[first : first + size]
-            if first == 0 and on_step is not None and len(part) > 1:
-                outputs.extend(self._with_head_start(part, build_inputs, part_caps, sampling, on_step, cancel))
-                continue
-            step = None if on_step is None else _offset(on_step, first)
-            inputs = build_inputs(part)
-            outputs.extend(self._outputs(inputs, self._run(inputs, part_caps, sampling, step, cancel)))
-        return outputs
-
-    def _with_head_start(
-        self,
-        items: Sequence[T],
-        build_inputs: Callable[[Sequence[T]], Any],
-        caps: Sequence[int],
-        sampling: Sampling,
-        on_step: RowStepCallback,
-        cancel: threading.Event | None,
-    ) -> list[ChunkOutput]:
-        """Stream the first chunk at once, then decode the whole batch.
-
-        The first chunk alone gets a short head start (one window through the encoder, so its first words
-        do not wait for the whole batch's prefill); the batch then runs with those tokens forced for row 0,
-        which keeps the text exactly what decoding the batch alone would give under greedy decoding.
-        """
-        eos = self.eos_token_id
-        head_inputs = build_inputs(items[:1])
-        (head,) = self._run(head_inputs, [min(HEAD_START_TOKENS, caps[0])], sampling, _offset(on_step, 0), cancel)
-        prefix = head.token_ids + ([eos] if head.finish_reason == "stop" else [])
-        if head.finish_reason == "stop" or len(prefix) >= caps[0]:  # the first chunk is already complete
-            (first,) = self._outputs(head_inputs, [head])
-            rest_inputs = build_inputs(items[1:])
-            rest = self._run(rest_inputs, caps[1:], sampling, _offset(on_step, 1), cancel)
-            return [first, *self._outputs(rest_inputs, rest)]
-
-        def step(tokens: list[int]) -> None:
-            generated = len(step_count)
-            step_count.append(1)
-            if generated < len(prefix):
-                on_step(1, tokens[1:])  # row 0's tokens here were streamed in the head start
-            else:
-                on_step(0, tokens)
-
-        step_count: list[int] = []
-        inputs = build_inputs(items)
-        rows = self._run(inputs, caps, sampling, step, cancel, row0_prefix=prefix)
-        n = len(prefix)  # row 0's log-probs and P(no speech) for the forced steps come from the head start
-        rows[0] = replace(
-            rows[0], logprobs=head.logprobs[:n] + rows[0].logprobs[n:], no_speech_prob=head.no_speech_prob
+    def _output(self, row: RowResult) -> ChunkOutput:
+        text = self.decode(row.token_ids)
+        if row.stop_at is not None:
+            text = text[: row.stop_at]
+        return ChunkOutput(
+            text=text.strip(),
+            token_ids=row.token_ids,
+            avg_logprob=float(np.mean(row.logprobs)) if row.logprobs else 0.0,
+            no_speech_prob=row.no_speech_prob,
+            finish_reason=row.finish_reason,
+            prompt_tokens=row.prompt_tokens,
+            audio_tokens=row.audio_tokens,
         )
-        return self._outputs(inputs, rows)
-
-    def _run(
-        self,
-        inputs: Any,
-        caps: Sequence[int],
-        sampling: Sampling,
-        on_step: Callable[[list[int]], None] | None,
-        cancel: threading.Event | None,
-        row0_prefix: Sequence[int] = (),
-    ) -> list[RowResult]:
-        """One `generate` under the inference lock."""
-        batch = self._on_device(inputs)
-        tokenizer = self.processor.tokenizer
-        with self._inference_lock:
-            if cancel is not None and cancel.is_set():
-                raise GenerationCancelledError("The client went away before generation started.")
-            self._busy.set()
-            try:
-                with torch.inference_mode():
-                    rows = generate_rows(
-                        self.model,
-                        batch,
-                        caps=caps,
-                        sampling=sampling,
-                        eos_token_id=self.eos_token_id,
-                        pad_token_id=int(tokenizer.pad_token_id),
-                        decode=self.decode,
-                        on_step=on_step,
-                        cancel=cancel,
-                        row0_prefix=row0_prefix,
-                    )
-            finally:
-                self._busy.clear()
-        if any(row.finish_reason == "cancelled" for row in rows):
-            raise GenerationCancelledError("The client went away; generation was stopped.")
-        return rows
-
-    def _on_device(self, inputs: Any) -> dict[str, torch.Tensor]:
-        batch = {
-            "input_ids": inputs["input_ids"].to(self.device),
-            "attention_mask": inputs["attention_mask"].to(self.device),
-        }
-        if "input_features" in inputs:
-            batch["input_features"] = inputs["input_features"].to(self.device, dtype=self.dtype)
-        return batch
-
-    def _outputs(self, inputs: Any, rows: list[RowResult]) -> list[ChunkOutput]:
-        audio_token_id = int(self.model.config.audio_token_id)
-        outputs = []
-        for i, row in enumerate(rows):
-            text = self.decode(row.token_ids)
-            if row.stop_at is not None:
-                text = text[: row.stop_at]
-            outputs.append(
-                ChunkOutput(
-                    text=text.strip(),
-                    token_ids=row.token_ids,
-                    avg_logprob=float(np.mean(row.logprobs)) if row.logprobs else 0.0,
-                    no_speech_prob=row.no_speech_prob,
-                    finish_reason=row.finish_reason,
-                    prompt_tokens=int(inputs["attention_mask"][i].sum()),
-                    audio_tokens=int((inputs["input_ids"][i] == audio_token_id).sum()),
-                )
-            )
-        return outputs
 
     def _source(self) -> str:
         if self.settings.model_is_local:
@@ -371,10 +290,3 @@ class VoxtralEngine:
                 )
             return str(path)
         return self.settings.model
-
-
-def _offset(on_step: RowStepCallback, first: int) -> Callable[[list[int]], None]:
-    def call(tokens: list[int]) -> None:
-        on_step(first, tokens)
-
-    return call

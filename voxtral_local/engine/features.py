@@ -79,6 +79,10 @@ class TranscriptionFeatures:
         peak = log_spec.amax(dim=(1, 2), keepdim=True)
         return (torch.maximum(log_spec, peak - 8.0) + 4.0) / 4.0
 
+    def prompt_length(self, windows: int, language: str | None) -> int:
+        """Prompt tokens of a chunk spanning this many 30 s windows."""
+        return len(self._template(windows, language))
+
     def _template(self, windows: int, language: str | None) -> list[int]:
         key = (windows, language)
         if key not in self._templates:

@@ -1,0 +1,164 @@
+"""One batch of rows decoding together, one step at a time; rows join (prefill + merge) and leave.
+
+All rows share one KV cache of length L. Rows are left-padded to L (masked), and each row carries its own
+position ids, so a row joining with a shorter prompt, or rows leaving, never changes what the others see.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from .generation import Sampling
+
+
+@dataclass
+class Choice:
+    """What one step chose for each row."""
+
+    tensor: torch.Tensor  # the chosen tokens, on the model's device
+    tokens: list[int]
+    logprobs: list[float]  # of the chosen tokens, under the model's (unwarped) distribution
+    eos_probs: list[float]  # P(end of sequence) at this step
+
+
+class DecodeBatch:
+    """KV cache, attention mask, next position id and the token to feed next, for each row."""
+
+    def __init__(self, cache: Any, mask: torch.Tensor, positions: torch.Tensor) -> None:
+        self.cache = cache
+        self.mask = mask  # (rows, L), 1 where a row has a real token
+        self.positions = positions  # (rows,), position id of each row's next token
+        self.last = torch.zeros_like(positions)  # (rows,), the token each row feeds at the next step
+
+    @property
+    def size(self) -> int:
+        return int(self.mask.shape[0])
+
+    @property
+    def length(self) -> int:
+        return int(self.mask.shape[1])
+
+    @classmethod
+    def prefill(cls, model: Any, inputs: dict[str, torch.Tensor]) -> tuple[DecodeBatch, torch.Tensor]:
+        """Run the prompts (audio encoder included); returns the batch and each row's next-token logits."""
+        mask = inputs["attention_mask"].long()
+        positions = mask.cumsum(-1) - 1
+        positions.masked_fill_(mask == 0, 1)  # as transformers' generate() does for left padding
+        out = model(
+            input_ids=inputs["input_ids"],
+            input_features=inputs.get("input_features"),
+            attention_mask=mask,
+            position_ids=positions,
+            use_cache=True,
+            logits_to_keep=1,
+        )
+        return cls(out.past_key_values, mask, positions[:, -1] + 1), out.logits[:, -1].float()
+
+    def step(self, model: Any) -> torch.Tensor:
+        """Feed each row its last chosen token; returns next-token logits (rows, vocab) in float32."""
+        mask = torch.cat([self.mask, self.mask.new_ones(self.size, 1)], dim=1)
+        out = model(
+            input_ids=self.last[:, None],
+            attention_mask=mask,
+            position_ids=self.positions[:, None],
+            past_key_values=self.cache,
+            use_cache=True,
+        )
+        self.cache, self.mask = out.past_key_values, mask
+        self.positions = self.positions + 1
+        return out.logits[:, -1].float()
+
+    def merge(self, other: DecodeBatch) -> None:
+        """Append `other`'s rows (after this batch's), left-padding whichever cache is shorter."""
+        length = max(self.length, other.length)
+        for mine, theirs in zip(self.cache.layers, other.cache.layers, strict=True):
+            mine.keys = torch.cat([_left_pad(mine.keys, length), _left_pad(theirs.keys, length)])
+            mine.values = torch.cat([_left_pad(mine.values, length), _left_pad(theirs.values, length)])
+        self.mask = torch.cat([_left_pad(self.mask, length, dim=1), _left_pad(other.mask, length, dim=1)])
+        self.positions = torch.cat([self.positions, other.positions])
+        self.last = torch.cat([self.last, other.last])
+
+    def keep(self, rows: Sequence[int]) -> None:
+        """Keep only these rows (finished rows leave), and drop padding columns no row needs any more."""
+        index = torch.tensor(list(rows), device=self.mask.device, dtype=torch.long)
+        mask = self.mask.index_select(0, index)
+        used = mask.any(dim=0).nonzero()
+        start = int(used[0]) if used.numel() else mask.shape[1]
+        for layer in self.cache.layers:
+            layer.keys = layer.keys.index_select(0, index)[:, :, start:]
+            layer.values = layer.values.index_select(0, index)[:, :, start:]
+        self.mask = mask[:, start:]
+        self.positions = self.positions.index_select(0, index)
+        self.last = self.last.index_select(0, index)
+
+
+def _left_pad(states: torch.Tensor, length: int, dim: int = -2) -> torch.Tensor:
+    """Zeros before the existing entries along `dim` (the sequence axis), up to `length`."""
+    pad = [0, 0] * (states.dim() - 1 - dim % states.dim()) + [length - states.shape[dim], 0]
+    return F.pad(states, pad)
+
+
+class RowSampler:
+    """Chooses one row's tokens: greedy, or temperature + top-p from its own random generator.
+
+    With a seed, a row's draws depend only on (seed, row index), not on which rows share its batch.
+    """
+
+    def __init__(self, sampling: Sampling, row_index: int, device: torch.device) -> None:
+        self.sampling = sampling
+        self.generator: torch.Generator | None = None
+        if sampling.temperature > 0:
+            seed = sampling.seed if sampling.seed is not None else random.SystemRandom().randrange(2**62)
+            self.generator = torch.Generator(device=device)
+            self.generator.manual_seed((seed * 1_000_003 + row_index) % 2**63)
+
+    def sample(self, logits: torch.Tensor) -> torch.Tensor:
+        """A token id (0-d tensor) drawn from one row's logits (vocab,)."""
+        assert self.generator is not None
+        scores = logits / self.sampling.temperature
+        if self.sampling.top_p < 1.0:  # transformers' TopPLogitsWarper
+            ordered, order = torch.sort(scores)
+            cumulative = ordered.softmax(-1).cumsum(-1)
+            remove = cumulative <= 1 - self.sampling.top_p
+            remove[-1] = False
+            scores = scores.masked_fill(remove.scatter(0, order, remove), -float("inf"))
+        return torch.multinomial(scores.softmax(-1), 1, generator=self.generator)[0]
+
+
+def suppression(model: Any, device: torch.device) -> torch.Tensor | None:
+    """-inf at the token ids the checkpoint's generation config suppresses (`suppress_tokens`), else None."""
+    ids = getattr(model.generation_config, "suppress_tokens", None)
+    if not ids:
+        return None
+    bias = torch.zeros(model.config.text_config.vocab_size, device=device)
+    bias[torch.tensor(list(ids), device=device)] = -float("inf")
+    return bias
+
+
+def choose(
+    logits: torch.Tensor,
+    samplers: Sequence[RowSampler],
+    no_eos: Sequence[bool],
+    eos_token_id: int,
+    suppress: torch.Tensor | None = None,
+) -> Choice:
+    """One token per row; rows flagged in `no_eos` may not end yet (forced minimum length)."""
+    if suppress is not None:
+        logits = logits + suppress
+    logprobs = torch.log_softmax(logits, dim=-1)
+    if any(no_eos):
+        logits = logits.clone()
+        logits[torch.tensor(no_eos, device=logits.device), eos_token_id] = -float("inf")
+    tokens = logits.argmax(dim=-1)
+    for i, sampler in enumerate(samplers):
+        if sampler.generator is not None:
+            tokens[i] = sampler.sample(logits[i])
+    chosen = logprobs.gather(1, tokens[:, None]).squeeze(1)
+    eos = logprobs[:, eos_token_id].exp()
+    return Choice(tokens, tokens.tolist(), chosen.tolist(), eos.tolist())
