@@ -2,11 +2,13 @@
 """Side-by-side speed of Voxtral transcription strategies on one random-weight model and the same audio.
 
   scripts/benchmark.py --preset small|full [--model DIR] [--durations 30,300,1800]
-                       [--strategies native,sequential,engine,http] [--tokens-per-30s 100] [--json FILE]
+                       [--strategies native,sequential,engine,http,concurrent] [--concurrency 8]
+                       [--tokens-per-30s 100] [--json FILE]
 
 Strategies: native = the whole file as one `apply_transcription_request` prompt and one `generate`;
 sequential = one `generate` per chunk in turn; engine = this server's engine (all chunks in one batch);
-http = upload through the running server with the OpenAI SDK (plus time to the first streamed delta).
+http = upload through the running server with the OpenAI SDK (plus time to the first streamed delta);
+concurrent = `--concurrency` clients upload the same file at the same moment (wall time until all are done).
 Random weights stop at random places, so every strategy is made to generate the same tokens per chunk.
 """
 
@@ -208,6 +210,29 @@ def run_http(base_url: str, model: str, mp3: bytes, engine: VoxtralEngine) -> tu
     return tokens, full_seconds, first_delta
 
 
+def run_concurrent(base_url: str, model: str, mp3: bytes, clients: int) -> int:
+    """`clients` SDK clients upload at the same moment; returns the new tokens of all their transcripts."""
+    from openai import OpenAI
+
+    barrier = threading.Barrier(clients)
+    tokens = [0] * clients
+
+    def upload(i: int) -> None:
+        client = OpenAI(base_url=f"{base_url}/v1", api_key="x", max_retries=0, timeout=3600)
+        barrier.wait()
+        result = client.audio.transcriptions.create(
+            model=model, file=("a.mp3", mp3, "audio/mpeg"), response_format="verbose_json", language="en"
+        )
+        tokens[i] = sum(len(s.tokens) for s in result.segments or [])
+
+    threads = [threading.Thread(target=upload, args=(i,)) for i in range(clients)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return sum(tokens)
+
+
 @contextmanager
 def http_server(settings: Settings, engine: VoxtralEngine) -> Iterator[str]:
     import uvicorn
@@ -242,6 +267,7 @@ def main() -> None:
     parser.add_argument("--model", help="a checkpoint directory instead of a preset")
     parser.add_argument("--durations", default="30,300,1800", help="audio lengths in seconds")
     parser.add_argument("--strategies", default="native,sequential,engine,http")
+    parser.add_argument("--concurrency", type=int, default=8, help="clients of the concurrent strategy")
     parser.add_argument("--tokens-per-30s", type=int, default=100)
     parser.add_argument("--json", help="write the figures to this file")
     parser.add_argument("--port", type=int, default=0, help="port for the HTTP strategy (0: any free one)")
@@ -281,13 +307,15 @@ def main() -> None:
                     start = time.perf_counter()
                     if strategy == "http":
                         tokens, http_wall, first_delta = run_http(url, settings.model_name, mp3, engine)
+                    elif strategy == "concurrent":
+                        tokens = run_concurrent(url, settings.model_name, mp3, args.concurrency)
                     else:
                         tokens = runners[strategy](mp3)
                     wall = time.perf_counter() - start
                 if strategy == "http":  # only the full-transcript request; the streamed one is timed apart
                     wall = http_wall
                 row = {
-                    "strategy": strategy,
+                    "strategy": strategy if strategy != "concurrent" else f"concurrent-{args.concurrency}",
                     "audio_seconds": seconds,
                     "wall_seconds": round(wall, 3),
                     "rtfx": round(seconds / wall, 1),
@@ -325,7 +353,8 @@ def print_ratios(results: list[dict[str, Any]]) -> None:
     by = {(r["strategy"], r["audio_seconds"]): r["wall_seconds"] for r in results}
     for seconds in sorted({r["audio_seconds"] for r in results}):
         parts = []
-        for a, b in (("native", "engine"), ("sequential", "engine"), ("http", "engine")):
+        concurrent = next((r["strategy"] for r in results if r["strategy"].startswith("concurrent")), "")
+        for a, b in (("native", "engine"), ("sequential", "engine"), ("http", "engine"), (concurrent, "http")):
             if (a, seconds) in by and (b, seconds) in by:
                 parts.append(f"{a}/{b} wall = {by[(a, seconds)] / by[(b, seconds)]:.2f}x")
         print(f"{seconds:>5} s: " + ", ".join(parts))

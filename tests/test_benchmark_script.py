@@ -14,7 +14,8 @@ def test_benchmark_writes_every_figure(tmp_path: Path) -> None:
     out = tmp_path / "bench.json"
     subprocess.run(
         [sys.executable, str(ROOT / "scripts" / "benchmark.py"), "--preset", "small", "--durations", "30",
-         "--strategies", "native,sequential,engine,http", "--tokens-per-30s", "40", "--json", str(out),
+         "--strategies", "native,sequential,engine,http,concurrent", "--concurrency", "3",
+         "--tokens-per-30s", "40", "--json", str(out),
          "--port", "0"],
         check=True, timeout=600, capture_output=True,
     )  # fmt: skip
@@ -22,10 +23,10 @@ def test_benchmark_writes_every_figure(tmp_path: Path) -> None:
     assert set(report) >= {"machine", "preset", "results"}
     assert report["preset"] == "small"
     rows = {r["strategy"]: r for r in report["results"]}
-    assert set(rows) == {"native", "sequential", "engine", "http"}
+    assert set(rows) == {"native", "sequential", "engine", "http", "concurrent-3"}
     for row in rows.values():
         assert set(row) >= {"strategy", "audio_seconds", "wall_seconds", "rtfx", "new_tokens", "peak_rss_mb",
                             "peak_cuda_mb", "first_delta_seconds"}  # fmt: skip
         assert row["audio_seconds"] == 30 and row["wall_seconds"] > 0
-        assert row["new_tokens"] == 40  # forced: the same work for every strategy
+        assert row["new_tokens"] == (120 if row is rows["concurrent-3"] else 40)  # forced: the same work per upload
     assert rows["http"]["first_delta_seconds"] > 0 and rows["engine"]["first_delta_seconds"] is None

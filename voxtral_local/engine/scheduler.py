@@ -27,6 +27,10 @@ from .memory import MemoryPlan
 
 logger = logging.getLogger(__name__)
 
+# Most 30 s windows prefilled between two decoding steps: a long file joins in groups, so rows already
+# decoding (and the file's own first chunk, streaming) keep moving while the rest is encoded.
+MAX_PREFILL_WINDOWS = 8
+
 # Called with a row's index in its job and the token it just chose (end of sequence included).
 TokenCallback = Callable[[int, int], None]
 
@@ -209,14 +213,10 @@ class Scheduler:
             logger.exception("prefill failed")
             self._fail(jobs, exc)
             return
+        prompt_tokens = inputs["attention_mask"].sum(dim=1).tolist()
+        audio_tokens = (inputs["input_ids"] == self.audio_token_id).sum(dim=1).tolist()
         rows = [
-            _Row(
-                job,
-                index,
-                RowSampler(job.sampling, index, logits.device),
-                prompt_tokens=int(inputs["attention_mask"][i].sum()),
-                audio_tokens=int((inputs["input_ids"][i] == self.audio_token_id).sum()),
-            )
+            _Row(job, index, RowSampler(job.sampling, index, logits.device), prompt_tokens[i], audio_tokens[i])
             for i, (job, index) in enumerate((job, index) for job in jobs for index in by_job[job])
         ]
         for row in rows:
@@ -252,6 +252,8 @@ class Scheduler:
                 )
                 if not fits and (picked or self._rows):
                     break  # the oldest least-served job waits for room; nobody overtakes it
+                if picked and windows + foot.windows > MAX_PREFILL_WINDOWS:
+                    break
                 picked.append((job, index))
                 taken[job] = taken.get(job, 0) + 1
                 rows, length, remaining = rows + 1, new_length, new_remaining
