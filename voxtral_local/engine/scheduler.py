@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -55,7 +56,6 @@ class Job:
     cancel: threading.Event | None = None
     results: list[RowResult | None] = field(init=False)
     next_row: int = field(default=0, init=False)
-    in_flight: int = field(default=0, init=False)
     error: BaseException | None = field(default=None, init=False)
     done: threading.Event = field(default_factory=threading.Event, init=False)
 
@@ -172,7 +172,11 @@ class Scheduler:
     def _all_jobs(self) -> list[Job]:
         with self._cond:
             waiting = list(self._jobs)
-        return waiting + [r.job for r in self._rows if r.job not in waiting]
+        return list(dict.fromkeys(waiting + self._running_jobs()))
+
+    def _running_jobs(self) -> list[Job]:
+        """The jobs with rows in the batch, each once, in batch order."""
+        return list(dict.fromkeys(r.job for r in self._rows))
 
     def _remove_jobs(self, jobs: set[Job]) -> None:
         with self._cond:
@@ -219,8 +223,6 @@ class Scheduler:
             _Row(job, index, RowSampler(job.sampling, index, logits.device), prompt_tokens[i], audio_tokens[i])
             for i, (job, index) in enumerate((job, index) for job in jobs for index in by_job[job])
         ]
-        for row in rows:
-            row.job.in_flight += 1
         if self._batch is None:
             self._batch, self._rows = batch, rows
         else:
@@ -234,16 +236,15 @@ class Scheduler:
         rows, length = len(self._rows), self._batch.length if self._batch is not None else 0
         remaining = max((r.cap - len(r.tokens) for r in self._rows), default=0)
         tokens = windows = 0
+        in_flight = Counter(r.job for r in self._rows)
         with self._cond:
-            taken: dict[Job, int] = {}
+            taken: Counter[Job] = Counter()
             while True:
-                candidates = [
-                    j for j in self._jobs if j.pending > taken.get(j, 0) and not (j.next_row == 0 and j in taken)
-                ]
+                candidates = [j for j in self._jobs if j.pending > taken[j] and not (j.next_row == 0 and j in taken)]
                 if not candidates:
                     break
-                job = min(candidates, key=lambda j: j.in_flight + taken.get(j, 0))
-                index = job.next_row + taken.get(job, 0)
+                job = min(candidates, key=lambda j: in_flight[j] + taken[j])
+                index = job.next_row + taken[job]
                 foot = job.footprints[index]
                 new_length = max(length, foot.tokens)
                 new_remaining = max(remaining, job.caps[index])
@@ -255,7 +256,7 @@ class Scheduler:
                 if picked and windows + foot.windows > MAX_PREFILL_WINDOWS:
                     break
                 picked.append((job, index))
-                taken[job] = taken.get(job, 0) + 1
+                taken[job] += 1
                 rows, length, remaining = rows + 1, new_length, new_remaining
                 tokens, windows = tokens + foot.tokens, windows + foot.windows
             for job, count in taken.items():
@@ -269,7 +270,7 @@ class Scheduler:
             logits = self._batch.step(self.model)
         except Exception as exc:
             logger.exception("decoding step failed")
-            self._fail(list({r.job: None for r in self._rows}), exc)
+            self._fail(self._running_jobs(), exc)
             return
         self._advance(logits, first=0)
 
@@ -287,7 +288,7 @@ class Scheduler:
         keep = list(range(first))
         for offset, row in enumerate(rows):
             token = choice.tokens[offset]
-            if not row.tokens and not row.logprobs:
+            if not row.tokens:
                 row.no_speech_prob = choice.eos_probs[offset]
             row.tokens.append(token)
             row.logprobs.append(choice.logprobs[offset])
@@ -323,7 +324,6 @@ class Scheduler:
             row.tokens, row.logprobs, row.no_speech_prob, row.cap, self.eos_token_id, job.sampling, self.decode
         )
         job.results[row.index] = replace(result, prompt_tokens=row.prompt_tokens, audio_tokens=row.audio_tokens)
-        job.in_flight -= 1
         if all(r is not None for r in job.results):
             job.done.set()
 
