@@ -28,13 +28,18 @@ def tekken(tiny_model_dir: Path) -> tuple[Callable[[str], list[int]], Callable[[
     return encode, decode
 
 
+def step(assembler: OrderedText, tokens: list[int]) -> list[str]:
+    """One decoding step of a batch: row i chose tokens[i]; the deltas it gave."""
+    return [delta for index, token in enumerate(tokens) for delta in assembler.push(index, token)]
+
+
 def run_steps(assembler: OrderedText, rows: list[list[int]]) -> list[list[str]]:
     """Feed the rows step by step (EOS after each, pad after that); the deltas after each step."""
     padded = [[*row, EOS] for row in rows]
     steps = max(len(row) for row in padded)
     out = []
     for i in range(steps):
-        out.append(assembler.step(0, [row[i] if i < len(row) else 11 for row in padded]))
+        out.append(step(assembler, [row[i] if i < len(row) else 11 for row in padded]))
     return out
 
 
@@ -75,7 +80,7 @@ def test_rows_that_hit_their_cap_are_done_without_eos(tekken) -> None:
     tokens = encode("A row that would go on and on and on.")
     assembler = OrderedText(2, decode, eos_token_id=EOS, caps=[4, 100])
     for i in range(4):
-        assembler.step(0, [tokens[i], encode(" Next")[0] if i == 0 else 11])
+        step(assembler, [tokens[i], encode(" Next")[0] if i == 0 else 11])
     assert assembler.current == 1  # row 0 reached its cap of 4 tokens
     assert assembler.text == decode(tokens[:4]).strip() + " " + decode(encode(" Next")[:1]).strip()
 
@@ -86,7 +91,7 @@ def test_stop_strings_never_leak_into_deltas(tekken) -> None:
     assembler = OrderedText(1, decode, eos_token_id=EOS, caps=[100], stop=("STOP",))
     streamed = ""
     for token in tokens:
-        streamed += "".join(assembler.step(0, [token]))
+        streamed += "".join(assembler.push(0, token))
         if "STOP" in decode(tokens[: tokens.index(token) + 1]):
             break
     assert "S" not in streamed.replace("Keep this part.", "")

@@ -1,4 +1,4 @@
-"""Turn per-step tokens of a batch of chunks into ordered text deltas.
+"""Turn the tokens of a batch of chunks, as each row chooses them, into ordered text deltas.
 
 Row 0 (the first chunk) is streamed live, token by token. A later row's text is held until every row
 before it has finished and been sent, then flushed and streamed live in turn. The deltas joined are
@@ -69,33 +69,31 @@ class OrderedText:
         """Everything emitted so far."""
         return "".join(self.emitted)
 
-    def step(self, first_row: int, tokens: Sequence[int]) -> list[str]:
-        """One decoding step of rows `first_row`, `first_row + 1`, ...; returns deltas to send now."""
+    def push(self, index: int, token: int) -> list[str]:
+        """Row `index` chose `token`; returns the deltas to send now (none for a row already done)."""
         out: list[str] = []
-        for offset, token in enumerate(tokens):
-            index = first_row + offset
-            if self.done[index]:
-                continue
-            row = self.rows[index]
-            if token == self.eos_token_id:
+        if self.done[index]:
+            return out
+        row = self.rows[index]
+        if token == self.eos_token_id:
+            self.done[index] = True
+        else:
+            delta = row.push(token)
+            if index == self.current:
+                self._emit(out, delta)
+            if len(row.tokens) >= self.caps[index]:
                 self.done[index] = True
-            else:
-                delta = row.push(token)
-                if index == self.current:
-                    self._emit(out, delta)
-                if len(row.tokens) >= self.caps[index]:
-                    self.done[index] = True
         self._advance(out, final_texts=None)
         return out
 
-    def forward_to(self, on_delta: Callable[[str], None]) -> Callable[[int, list[int]], None]:
-        """A step callback (first row, tokens) that passes each new delta to `on_delta`."""
+    def forward_to(self, on_delta: Callable[[str], None]) -> Callable[[int, int], None]:
+        """A token callback (row, token) that passes each new delta to `on_delta`."""
 
-        def on_step(first_row: int, tokens: list[int]) -> None:
-            for delta in self.step(first_row, tokens):
+        def on_token(index: int, token: int) -> None:
+            for delta in self.push(index, token):
                 on_delta(delta)
 
-        return on_step
+        return on_token
 
     def finish(self, final_texts: Sequence[str]) -> list[str]:
         """Flush every row with its final text; returns the remaining deltas."""

@@ -17,7 +17,7 @@ from ..audio import SAMPLE_RATE
 from ..config import Settings
 from ..errors import InvalidRequestError, ModelUnavailableError
 from ..streaming import OrderedText
-from .features import WINDOW_SAMPLES, TranscriptionFeatures
+from .features import TranscriptionFeatures, window_count
 from .generation import FinishReason, RowResult, Sampling
 from .inputs import Inputs, merge_inputs, split_rows
 from .memory import MemoryPlan
@@ -162,8 +162,7 @@ class VoxtralEngine:
         if on_delta is None:
             return run(None)
         assembler = OrderedText(len(caps), self.decode, eos_token_id=self.eos_token_id, caps=caps, stop=stop)
-        forward = assembler.forward_to(on_delta)
-        outputs = run(lambda row, token: forward(row, [token]))
+        outputs = run(assembler.forward_to(on_delta))
         for delta in assembler.finish([out.text for out in outputs]):
             on_delta(delta)
         return outputs
@@ -185,7 +184,7 @@ class VoxtralEngine:
         self.load()
         assert self.features is not None and self.device is not None
         features, device = self.features, self.device
-        windows = [max(1, math.ceil(chunk.shape[0] / WINDOW_SAMPLES)) for chunk in chunks]
+        windows = [window_count(chunk) for chunk in chunks]
         job = Job(
             build=lambda rows: features([chunks[i] for i in rows], language=language, device=device),
             footprints=[Footprint(features.prompt_length(w, language), w) for w in windows],

@@ -42,7 +42,7 @@ class TranscriptionFeatures:
     def __call__(
         self, chunks: Sequence[np.ndarray], *, language: str | None, device: torch.device
     ) -> dict[str, torch.Tensor]:
-        windows = [max(1, math.ceil(chunk.shape[0] / WINDOW_SAMPLES)) for chunk in chunks]
+        windows = [window_count(chunk) for chunk in chunks]
         ids = [self._template(w, language) for w in windows]
         width = max(len(row) for row in ids)
         input_ids = torch.full((len(ids), width), self.pad_token_id, dtype=torch.long)
@@ -90,6 +90,11 @@ class TranscriptionFeatures:
             official = transcription_inputs(self.processor, [silent], language=language, model_id=self.model_id)
             self._templates[key] = official["input_ids"][0].tolist()
         return self._templates[key]
+
+
+def window_count(chunk: np.ndarray) -> int:
+    """30 s encoder windows a chunk is padded to (at least one)."""
+    return max(1, math.ceil(chunk.shape[0] / WINDOW_SAMPLES))
 
 
 def _pcm16_round_trip(samples: np.ndarray) -> np.ndarray:
