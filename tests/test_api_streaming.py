@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import json
 import socket
 import threading
@@ -24,6 +23,7 @@ from voxtral_local.engine import VoxtralEngine
 from voxtral_local.testing.audio_files import encode
 
 from .conftest import APPS, FIXTURES, running_server
+from .spies import spy_forward
 from .test_chunking import speech_with_gaps
 
 MODEL = "voxtral-tiny"
@@ -68,24 +68,17 @@ def test_sse_framing_on_the_raw_bytes(base_url: str) -> None:
 
 @contextmanager
 def counted_forward(engine: VoxtralEngine, fail_after: int | None = None) -> Iterator[list[int]]:
-    """Count the decoder steps the engine's model takes (optionally fail on one); restore afterwards."""
+    """Count the forward passes the engine's model takes (optionally fail on one); restore afterwards."""
     engine.load()
-    model = engine.model
-    original = model.forward
     calls = [0]
 
-    @functools.wraps(original)  # generate() checks its kwargs against forward's signature
-    def forward(*args: Any, **kwargs: Any) -> Any:
+    def count(args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
         calls[0] += 1
         if fail_after is not None and calls[0] > fail_after:
             raise RuntimeError("injected fault: the accelerator fell over")
-        return original(*args, **kwargs)
 
-    model.forward = forward
-    try:
+    with spy_forward(engine.model, count):
         yield calls
-    finally:
-        del model.forward
 
 
 @pytest.fixture(scope="module")

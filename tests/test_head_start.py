@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import functools
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pytest
@@ -14,6 +12,7 @@ from voxtral_local.engine import VoxtralEngine
 from voxtral_local.engine.scheduler import MAX_PREFILL_WINDOWS
 from voxtral_local.transcription import TranscriptionService
 
+from .spies import spy_forward
 from .test_chunking import speech_with_gaps
 
 
@@ -25,37 +24,21 @@ def service(tiny_model_dir: Path) -> TranscriptionService:
     return TranscriptionService(settings, engine)
 
 
-def windows_per_encoder_call(engine: VoxtralEngine) -> list[int]:
-    """Record how many 30 s windows each pass of the real audio encoder takes."""
-    tower = engine.model.model.audio_tower
-    original = tower.forward
-    calls: list[int] = []
-
-    @functools.wraps(original)
-    def forward(input_features: Any, *args: Any, **kwargs: Any) -> Any:
-        calls.append(int(input_features.shape[0]))
-        return original(input_features, *args, **kwargs)
-
-    tower.forward = forward
-    return calls
-
-
 @pytest.mark.parametrize("minutes", [1, 6])
 def test_first_delta_needs_one_encoder_window_whatever_the_length(
     service: TranscriptionService, speech: np.ndarray, minutes: int
 ) -> None:
     audio, _ = speech_with_gaps(speech, minutes=minutes)
-    calls = windows_per_encoder_call(service.engine)
+    calls: list[int] = []  # 30 s windows in each pass of the real audio encoder
     seen_at_first_delta: list[list[int]] = []
 
     def on_delta(delta: str) -> None:
         if not seen_at_first_delta:
             seen_at_first_delta.append(list(calls))
 
-    try:
+    tower = service.engine.model.model.audio_tower
+    with spy_forward(tower, lambda args, kwargs: calls.append(int(args[0].shape[0]))):
         result = service.transcribe(audio, language=None, on_delta=on_delta)
-    finally:
-        del service.engine.model.model.audio_tower.forward
     assert seen_at_first_delta == [[1]]  # only the first chunk had been through the encoder
     assert sum(calls) == len(result.segments)  # every window through the encoder once, none twice
     assert calls[0] == 1 and max(calls) <= MAX_PREFILL_WINDOWS  # the others joined in groups

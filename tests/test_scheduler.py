@@ -21,6 +21,7 @@ from voxtral_local.engine.generation import Sampling
 from voxtral_local.engine.memory import MemoryPlan
 from voxtral_local.errors import GenerationCancelledError
 
+from .spies import spy_forward
 from .test_chunking import speech_with_gaps
 
 
@@ -38,20 +39,9 @@ def engine(tiny_model_dir: Path) -> VoxtralEngine:
 @contextmanager
 def batch_sizes(engine: VoxtralEngine) -> Iterator[list[int]]:
     """The number of rows in each forward pass of the model (prefills and decoding steps)."""
-    model = engine.model
-    original = model.forward
     sizes: list[int] = []
-
-    @functools.wraps(original)
-    def forward(*args: Any, **kwargs: Any) -> Any:
-        sizes.append(int(kwargs["input_ids"].shape[0]))
-        return original(*args, **kwargs)
-
-    model.forward = forward
-    try:
+    with spy_forward(engine.model, lambda args, kwargs: sizes.append(int(kwargs["input_ids"].shape[0]))):
         yield sizes
-    finally:
-        del model.forward
 
 
 def together(work: list[Callable[[], Any]]) -> list[Any]:

@@ -1,0 +1,25 @@
+"""Watching the real model from tests: a hook before each forward pass of a module."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+
+@contextmanager
+def spy_forward(module: Any, on_call: Callable[[tuple[Any, ...], dict[str, Any]], None]) -> Iterator[None]:
+    """Call `on_call(args, kwargs)` before each `module.forward` (it may raise); restore it afterwards."""
+    original = module.forward
+
+    @functools.wraps(original)  # keeps forward's signature, which transformers inspects
+    def forward(*args: Any, **kwargs: Any) -> Any:
+        on_call(args, kwargs)
+        return original(*args, **kwargs)
+
+    module.forward = forward
+    try:
+        yield
+    finally:
+        del module.forward
