@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from .generation import Sampling
+from .kv_cache import RoomyLayer, roomy_cache
 
 
 @dataclass
@@ -74,34 +75,53 @@ class DecodeBatch:
         self.positions = self.positions + 1
         return out.logits[:, -1].float()
 
-    def merge(self, other: DecodeBatch) -> None:
+    def reserve(self, room: int) -> None:
+        """Make room for `room` more steps in the cache, so that steps write in place (see `kv_cache`)."""
+        layers = self.cache.layers
+        if all(isinstance(layer, RoomyLayer) for layer in layers):
+            for layer in layers:
+                layer.reserve(room)
+        else:
+            self.cache = roomy_cache((((layer.keys,), (layer.values,)) for layer in layers), room)
+
+    def merge(self, other: DecodeBatch, room: int = 0) -> None:
         """Append `other`'s rows (after this batch's), left-padding whichever cache is shorter."""
         length = max(self.length, other.length)
-        for mine, theirs in zip(self.cache.layers, other.cache.layers, strict=True):
-            mine.keys = torch.cat([_left_pad(mine.keys, length), _left_pad(theirs.keys, length)])
-            mine.values = torch.cat([_left_pad(mine.values, length), _left_pad(theirs.values, length)])
-        self.mask = torch.cat([_left_pad(self.mask, length, dim=1), _left_pad(other.mask, length, dim=1)])
+        self.cache = roomy_cache(
+            (
+                ((mine.keys, theirs.keys), (mine.values, theirs.values))
+                for mine, theirs in zip(self.cache.layers, other.cache.layers, strict=True)
+            ),
+            room,
+        )
+        self.mask = torch.cat([_left_pad(self.mask, length), _left_pad(other.mask, length)])
         self.positions = torch.cat([self.positions, other.positions])
         self.last = torch.cat([self.last, other.last])
 
-    def keep(self, rows: Sequence[int]) -> None:
+    def keep(self, rows: Sequence[int], room: int = 0) -> None:
         """Keep only these rows (finished rows leave), and drop padding columns no row needs any more."""
         index = torch.tensor(list(rows), device=self.mask.device, dtype=torch.long)
         mask = self.mask.index_select(0, index)
         used = mask.any(dim=0).nonzero()
         start = int(used[0]) if used.numel() else mask.shape[1]
-        for layer in self.cache.layers:
-            layer.keys = layer.keys.index_select(0, index)[:, :, start:]
-            layer.values = layer.values.index_select(0, index)[:, :, start:]
+        self.cache = roomy_cache(
+            (
+                (
+                    (layer.keys.index_select(0, index)[:, :, start:],),
+                    (layer.values.index_select(0, index)[:, :, start:],),
+                )
+                for layer in self.cache.layers
+            ),
+            room,
+        )
         self.mask = mask[:, start:]
         self.positions = self.positions.index_select(0, index)
         self.last = self.last.index_select(0, index)
 
 
-def _left_pad(states: torch.Tensor, length: int, dim: int = -2) -> torch.Tensor:
-    """Zeros before the existing entries along `dim` (the sequence axis), up to `length`."""
-    pad = [0, 0] * (states.dim() - 1 - dim % states.dim()) + [length - states.shape[dim], 0]
-    return F.pad(states, pad)
+def _left_pad(mask: torch.Tensor, length: int) -> torch.Tensor:
+    """Zeros before a (rows, n) mask's columns, up to `length`."""
+    return F.pad(mask, [length - mask.shape[1], 0])
 
 
 class RowSampler:

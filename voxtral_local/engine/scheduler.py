@@ -190,7 +190,11 @@ class Scheduler:
         if not self._rows:
             self._batch = None
         elif self._batch is not None:
-            self._batch.keep(keep)
+            self._batch.keep(keep, self._room())
+
+    def _room(self) -> int:
+        """Cache columns the running rows can still need: the most tokens any of them may still generate."""
+        return max(r.cap - len(r.tokens) for r in self._rows)
 
     def _admit(self) -> None:
         """Prefill the rows that fit now, chosen fairly, and merge them into the running batch."""
@@ -225,9 +229,10 @@ class Scheduler:
         ]
         if self._batch is None:
             self._batch, self._rows = batch, rows
+            self._batch.reserve(self._room())
         else:
-            self._batch.merge(batch)
             self._rows.extend(rows)
+            self._batch.merge(batch, self._room())
         self._advance(logits, first=len(self._rows) - len(rows))
 
     def _pick(self) -> list[tuple[Job, int]]:
