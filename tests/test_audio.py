@@ -103,3 +103,58 @@ def test_block_resampler_survives_a_format_change_mid_stream() -> None:
     assert abs(samples.shape[0] / SAMPLE_RATE - 16.5) < 0.05
     # the tone survives; FFmpeg downmixes two identical 0.5 channels at -3 dB each, to 0.707
     assert 0.45 < np.abs(samples).max() < 0.75
+
+
+@pytest.mark.parametrize(("rate", "seconds"), [(22050, 150.3), (44100, 61.7), (48000, 200.0), (8000, 130.1)])
+def test_resampling_in_parallel_parts_equals_one_pass(rate: int, seconds: float) -> None:
+    import soxr
+
+    from voxtral_local.resampling import resample
+
+    rng = np.random.default_rng(rate)
+    samples = (rng.standard_normal(int(rate * seconds)) * 0.2).astype(np.float32)
+    one_pass = soxr.resample(samples, rate, SAMPLE_RATE, quality="HQ")
+    parts = resample(samples, rate, SAMPLE_RATE, parts=3)
+    assert parts.dtype == np.float32 and parts.shape == one_pass.shape
+    assert np.abs(parts - one_pass).max() < 1e-5  # the joins are seamless, not just close on average
+
+
+def long_speech(speech: np.ndarray, seconds: int) -> np.ndarray:
+    unit = np.concatenate([speech, silence(0.4)])
+    return np.tile(unit, seconds * SAMPLE_RATE // unit.shape[0] + 1)[: seconds * SAMPLE_RATE]
+
+
+@pytest.mark.parametrize("extension", ["mp3", "flac"])
+def test_a_long_file_read_in_parallel_parts_equals_one_pass(
+    extension: str, speech: np.ndarray, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What mistral-common does (libsndfile read, channel mean, soxr HQ), whatever the number of parts."""
+    import io
+
+    import soundfile as sf
+    import soxr
+
+    import voxtral_local.audio
+
+    data = encode(long_speech(speech, 190), extension)
+    block, rate = sf.read(io.BytesIO(data), dtype="float32", always_2d=True)
+    one_pass = soxr.resample(block.mean(axis=1), rate, SAMPLE_RATE, quality="HQ")
+
+    def no_pyav(data: bytes, max_seconds: float) -> np.ndarray:
+        raise AssertionError("the libsndfile path gave up and handed the file to PyAV")
+
+    monkeypatch.setattr(voxtral_local.audio, "_decode_with_pyav", no_pyav)
+    for parts in (1, 3):
+        monkeypatch.setattr(voxtral_local.audio, "workers", lambda parts=parts: parts)
+        samples = decode_audio(data, max_seconds=600)
+        assert samples.shape == one_pass.shape
+        assert np.abs(samples - one_pass).max() < 1e-5
+
+
+def test_a_truncated_long_mp3_read_in_parts_is_rejected(speech: np.ndarray, monkeypatch: pytest.MonkeyPatch) -> None:
+    import voxtral_local.audio
+
+    monkeypatch.setattr(voxtral_local.audio, "workers", lambda: 3)
+    data = encode(long_speech(speech, 190), "mp3")
+    with pytest.raises(AudioDecodeError, match="truncated"):
+        decode_audio(data[: len(data) * 2 // 3], max_seconds=600)

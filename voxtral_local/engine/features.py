@@ -66,18 +66,21 @@ class TranscriptionFeatures:
         }
 
     def log_mel(self, chunks: Sequence[np.ndarray], length: int, device: torch.device) -> torch.Tensor:
-        """Whisper log-mel of 16-bit-rounded, zero-padded chunks: (chunks, mel bins, frames)."""
+        """Whisper log-mel of 16-bit-rounded, zero-padded chunks: (chunks, mel bins, frames).
+
+        Same operations in the same order as the feature extractor (the results are bit-identical), done in
+        place where it can be: on a CPU, allocating and touching fresh buffers costs as much as the maths."""
         batch = np.zeros((len(chunks), length), dtype=np.float32)
         for i, chunk in enumerate(chunks):
             batch[i, : chunk.shape[0]] = chunk
         waveform = torch.from_numpy(_pcm16_round_trip(batch)).to(device)
         window = torch.hann_window(self.n_fft, device=device)
         stft = torch.stft(waveform, self.n_fft, self.hop_length, window=window, return_complex=True)
-        magnitudes = (stft[..., :-1].abs() ** 2).contiguous()
-        mel = self.mel_filters.to(device).T @ magnitudes
-        log_spec = torch.clamp(mel, min=1e-10).log10()
+        magnitudes = stft[..., :-1].abs().pow_(2)
+        mel = torch.matmul(self.mel_filters.to(device).T, magnitudes)
+        log_spec = mel.clamp_(min=1e-10).log10_()
         peak = log_spec.amax(dim=(1, 2), keepdim=True)
-        return (torch.maximum(log_spec, peak - 8.0) + 4.0) / 4.0
+        return torch.maximum(log_spec, peak - 8.0).add_(4.0).div_(4.0)
 
     def prompt_length(self, windows: int, language: str | None) -> int:
         """Prompt tokens of a chunk spanning this many 30 s windows."""
@@ -99,6 +102,9 @@ def window_count(chunk: np.ndarray) -> int:
 
 def _pcm16_round_trip(samples: np.ndarray) -> np.ndarray:
     """What writing float samples to a 16-bit WAV and reading them back does (libsndfile 1.2: floor of
-    x·32768, clipped)."""
-    quantised = np.clip(np.floor(samples * np.float32(32768)), -32768, 32767)
-    return (quantised / np.float32(32768)).astype(np.float32)
+    x·32768, clipped), in place."""
+    np.multiply(samples, np.float32(32768), out=samples)
+    np.floor(samples, out=samples)
+    np.clip(samples, -32768, 32767, out=samples)
+    np.divide(samples, np.float32(32768), out=samples)
+    return samples
