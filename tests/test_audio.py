@@ -158,3 +158,23 @@ def test_a_truncated_long_mp3_read_in_parts_is_rejected(speech: np.ndarray, monk
     data = encode(long_speech(speech, 190), "mp3")
     with pytest.raises(AudioDecodeError, match="truncated"):
         decode_audio(data[: len(data) * 2 // 3], max_seconds=600)
+
+
+def test_two_mp3_files_joined_end_to_end_are_not_cut_to_the_first(speech: np.ndarray) -> None:
+    """libsndfile would read only the frames the first file's header declares; such a file goes to PyAV."""
+    first, second = encode(long_speech(speech, 70), "mp3"), encode(long_speech(speech, 70), "mp3")
+    with pytest.raises(AudioDecodeError, match="corrupt"):  # FFmpeg stops at the second file's header
+        decode_audio(first + second, max_seconds=600)
+
+
+def test_an_mp3_without_a_length_header_is_decoded_to_its_end(speech: np.ndarray) -> None:
+    import io
+
+    import av
+
+    data = encode(long_speech(speech, 65), "mp3")
+    with av.open(io.BytesIO(data), mode="r") as container:  # the MPEG frames alone: no ID3, no Xing/Info
+        bare = b"".join(bytes(p) for p in container.demux(audio=0) if p.size)
+    assert b"Info" not in bare[:4096] and b"Xing" not in bare[:4096] and len(bare) < len(data)
+    samples = decode_audio(bare, max_seconds=600)
+    assert abs(samples.shape[0] / SAMPLE_RATE - 65) < 0.2

@@ -26,6 +26,7 @@ SAMPLE_RATE = 16_000
 # read only at 16 kHz (Opus' duration is a claim of its last page: PyAV checks it while decoding).
 _SOUNDFILE_ANY_RATE = frozenset({"WAV", "FLAC", "MP3"})
 _SOUNDFILE_16K = frozenset({"OGG"})
+_ID3V1_BYTES = 128
 # Audio this much shorter than its container claims is reported as truncated.
 _TRUNCATION_TOLERANCE_S = 1.0
 
@@ -68,6 +69,8 @@ def _decode_with_soundfile(data: bytes, max_seconds: float) -> np.ndarray | None
         info.format in _SOUNDFILE_ANY_RATE or (info.format in _SOUNDFILE_16K and info.samplerate == SAMPLE_RATE)
     ):
         return None
+    if info.format == "MP3" and not _mp3_length_is_declared(data):
+        return None
     if info.frames / info.samplerate > max_seconds:
         raise AudioTooLongError(max_seconds, 0.0)
     try:
@@ -106,6 +109,23 @@ def _read_soundfile(data: bytes, info: Any) -> np.ndarray | None:
         with ThreadPoolExecutor(parts, thread_name_prefix="decode") as pool:
             complete = all(pool.map(read, range(parts)))
     return out if complete else None
+
+
+def _mp3_length_is_declared(data: bytes) -> bool:
+    """Whether an MP3's Xing/Info header states its frames and bytes, and the bytes reach the end of the file
+    (an ID3v1 tag aside). libsndfile reads exactly the frames the header states, or estimates them from the
+    first frame's bit rate: two files joined end to end, or a VBR file without the header, would be cut short
+    without a word. Such files go to PyAV, which decodes to the last byte."""
+    start = 0
+    if data[:3] == b"ID3" and len(data) >= 10:
+        start = 10 + (data[6] << 21 | data[7] << 14 | data[8] << 7 | data[9]) + (10 if data[5] & 0x10 else 0)
+    for tag in (b"Xing", b"Info"):
+        at = data.find(tag, start, start + 4096)
+        if at >= 0 and len(data) >= at + 16:
+            flags = int.from_bytes(data[at + 4 : at + 8], "big")
+            stream_bytes = int.from_bytes(data[at + 12 : at + 16], "big")
+            return flags & 3 == 3 and 0 <= len(data) - start - stream_bytes <= _ID3V1_BYTES
+    return False
 
 
 def _mono(block: np.ndarray) -> np.ndarray:

@@ -18,11 +18,11 @@ import soxr
 
 MIN_PART_SECONDS = 60.0  # shorter audio is not worth a thread
 MARGIN_SECONDS = 0.1  # soxr HQ's transients last well under 10 ms
-MAX_WORKERS = 4
+MAX_WORKERS = 8
 
 
 def workers() -> int:
-    """Threads for splitting decoding or resampling work: the cores this process may use, at most 4."""
+    """Threads for splitting decoding or resampling work: the cores this process may use, at most 8."""
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     return max(1, min(MAX_WORKERS, cores))
 
