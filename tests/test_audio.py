@@ -124,9 +124,23 @@ def long_speech(speech: np.ndarray, seconds: int) -> np.ndarray:
     return np.tile(unit, seconds * SAMPLE_RATE // unit.shape[0] + 1)[: seconds * SAMPLE_RATE]
 
 
-@pytest.mark.parametrize("extension", ["mp3", "flac"])
+def stereo_wav_44k(samples: np.ndarray) -> bytes:
+    """A 44.1 kHz stereo WAV whose channels differ (left: the speech, right: half of it, delayed)."""
+    import io
+
+    import soundfile as sf
+    import soxr
+
+    left = soxr.resample(samples, SAMPLE_RATE, 44100)
+    right = np.concatenate([np.zeros(441, np.float32), left[:-441] * 0.5])
+    buffer = io.BytesIO()
+    sf.write(buffer, np.stack([left, right], axis=1), 44100, format="WAV", subtype="FLOAT")
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize("kind", ["mp3", "flac", "stereo 44.1 kHz wav"])
 def test_a_long_file_read_in_parallel_parts_equals_one_pass(
-    extension: str, speech: np.ndarray, monkeypatch: pytest.MonkeyPatch
+    kind: str, speech: np.ndarray, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """What mistral-common does (libsndfile read, channel mean, soxr HQ), whatever the number of parts."""
     import io
@@ -136,7 +150,8 @@ def test_a_long_file_read_in_parallel_parts_equals_one_pass(
 
     import voxtral_local.audio
 
-    data = encode(long_speech(speech, 190), extension)
+    audio = long_speech(speech, 190)
+    data = stereo_wav_44k(audio) if kind.endswith("wav") else encode(audio, kind)
     block, rate = sf.read(io.BytesIO(data), dtype="float32", always_2d=True)
     one_pass = soxr.resample(block.mean(axis=1), rate, SAMPLE_RATE, quality="HQ")
 
