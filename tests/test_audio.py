@@ -193,3 +193,24 @@ def test_an_mp3_without_a_length_header_is_decoded_to_its_end(speech: np.ndarray
     assert b"Info" not in bare[:4096] and b"Xing" not in bare[:4096] and len(bare) < len(data)
     samples = decode_audio(bare, max_seconds=600)
     assert abs(samples.shape[0] / SAMPLE_RATE - 65) < 0.2
+
+
+def test_a_long_file_still_decodes_when_no_scratch_copy_can_be_written(
+    speech: np.ndarray, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A full disk (or a container's small /dev/shm) costs the parallel read, not the request."""
+    import errno
+    import tempfile
+
+    import voxtral_local.audio
+
+    data = encode(long_speech(speech, 130), "flac")
+    expected = decode_audio(data, max_seconds=600)
+
+    def disk_full(*args: object, **kwargs: object) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(voxtral_local.audio, "workers", lambda: 2)
+    monkeypatch.setattr(tempfile, "NamedTemporaryFile", disk_full)
+    samples = decode_audio(data, max_seconds=600)
+    assert samples.shape == expected.shape and np.abs(samples - expected).max() < 1e-5

@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import logging
 import os
+import shutil
 import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -86,29 +87,37 @@ def _read_soundfile(data: bytes, info: Any) -> np.ndarray | None:
     frames, channels = int(info.frames), int(info.channels)
     parts = min(workers(), int(frames / (MIN_PART_SECONDS * info.samplerate)))
     if parts < 2:
-        block, _ = sf.read(io.BytesIO(data), dtype="float32", always_2d=True)
-        return _mono(block) if block.shape[0] >= frames else None
+        return _read_soundfile_at_once(data, frames)
     bounds = [frames * i // parts for i in range(parts + 1)]
     out = np.empty(frames, dtype=np.float32)
-    with tempfile.NamedTemporaryFile(suffix="." + info.format.lower(), dir=_scratch_dir()) as scratch:
-        scratch.write(data)  # a real file: libsndfile reads it without calling back into Python
-        scratch.flush()
+    try:
+        with tempfile.NamedTemporaryFile(suffix="." + info.format.lower(), dir=_scratch_dir(len(data))) as scratch:
+            scratch.write(data)  # a real file: libsndfile reads it without calling back into Python
+            scratch.flush()
 
-        def read(i: int) -> bool:
-            with sf.SoundFile(scratch.name) as f:
-                f.seek(bounds[i])
-                wanted = bounds[i + 1] - bounds[i]
-                if channels == 1:
-                    got = f.read(wanted, dtype="float32", out=out[bounds[i] : bounds[i + 1], None]).shape[0]
-                else:
-                    block = f.read(wanted, dtype="float32", always_2d=True)
-                    got = block.shape[0]
-                    out[bounds[i] : bounds[i] + got] = _mono(block)
-                return bool(got == wanted)
+            def read(i: int) -> bool:
+                with sf.SoundFile(scratch.name) as f:
+                    f.seek(bounds[i])
+                    wanted = bounds[i + 1] - bounds[i]
+                    if channels == 1:
+                        got = f.read(wanted, dtype="float32", out=out[bounds[i] : bounds[i + 1], None]).shape[0]
+                    else:
+                        block = f.read(wanted, dtype="float32", always_2d=True)
+                        got = block.shape[0]
+                        out[bounds[i] : bounds[i] + got] = _mono(block)
+                    return bool(got == wanted)
 
-        with ThreadPoolExecutor(parts, thread_name_prefix="decode") as pool:
-            complete = all(pool.map(read, range(parts)))
+            with ThreadPoolExecutor(parts, thread_name_prefix="decode") as pool:
+                complete = all(pool.map(read, range(parts)))
+    except OSError:  # no room for the scratch copy: read it in one pass from memory
+        logger.warning("no room for a scratch copy of the upload; decoding it in one pass")
+        return _read_soundfile_at_once(data, frames)
     return out if complete else None
+
+
+def _read_soundfile_at_once(data: bytes, frames: int) -> np.ndarray | None:
+    block, _ = sf.read(io.BytesIO(data), dtype="float32", always_2d=True)
+    return _mono(block) if block.shape[0] >= frames else None
 
 
 def _mp3_length_is_declared(data: bytes) -> bool:
@@ -135,10 +144,13 @@ def _mono(block: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(block.mean(axis=1, dtype=np.float32))
 
 
-def _scratch_dir() -> str | None:
-    """Memory-backed /dev/shm where there is one, else the default temporary directory."""
+def _scratch_dir(size: int) -> str | None:
+    """Memory-backed /dev/shm where there is one with room for `size` bytes twice over (containers often
+    give it 64 MB), else the default temporary directory."""
     shm = "/dev/shm"
-    return shm if os.path.isdir(shm) and os.access(shm, os.W_OK) else None
+    if not (os.path.isdir(shm) and os.access(shm, os.W_OK)):
+        return None
+    return shm if shutil.disk_usage(shm).free > 2 * size else None
 
 
 def _check_wav_complete(data: bytes) -> None:
