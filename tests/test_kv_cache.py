@@ -64,8 +64,9 @@ def generate_alone(engine: VoxtralEngine, chunk: np.ndarray, tokens: int) -> lis
 
 
 def test_the_decode_loop_gives_generates_tokens(engine: VoxtralEngine, speech: np.ndarray) -> None:
-    """Rows of different lengths decoding together in the in-place cache give exactly `generate()`'s tokens."""
-    chunks = [speech, speech[: 2 * SAMPLE_RATE], np.tile(speech, 4)[: 25 * SAMPLE_RATE]]
+    """Rows of different lengths decoding together in the in-place cache give exactly `generate()`'s tokens
+    (rows 1-3 join in one prefill whose three windows the CPU encodes two at a time)."""
+    chunks = [speech, speech[: 2 * SAMPLE_RATE], np.tile(speech, 4)[: 25 * SAMPLE_RATE], speech[::-1].copy()]
     outputs = engine.transcribe(chunks, language="en", sampling=Sampling(min_new_tokens=10_000))
     for chunk, output in zip(chunks, outputs, strict=True):
         assert output.token_ids == generate_alone(engine, chunk, len(output.token_ids))

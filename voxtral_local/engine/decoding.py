@@ -17,6 +17,10 @@ import torch.nn.functional as F
 from .generation import Sampling
 from .kv_cache import RoomyLayer, roomy_cache
 
+# On a CPU the audio encoder runs ~15 % faster per 30 s window two windows at a time than eight (its
+# activations stay in cache); an accelerator takes every window of a prefill at once.
+CPU_ENCODER_GROUP = 2
+
 
 @dataclass
 class Choice:
@@ -51,13 +55,19 @@ class DecodeBatch:
         mask = inputs["attention_mask"].long()
         positions = mask.cumsum(-1) - 1
         positions.masked_fill_(mask == 0, 1)  # as transformers' generate() does for left padding
+        features = inputs.get("input_features")
+        audio: dict[str, torch.Tensor] = {}
+        if features is not None and features.device.type == "cpu" and features.shape[0] > CPU_ENCODER_GROUP:
+            audio["inputs_embeds"] = _embed_with_audio(model, inputs["input_ids"], features, CPU_ENCODER_GROUP)
+        elif features is not None:
+            audio["input_features"] = features
         out = model(
             input_ids=inputs["input_ids"],
-            input_features=inputs.get("input_features"),
             attention_mask=mask,
             position_ids=positions,
             use_cache=True,
             logits_to_keep=1,
+            **audio,
         )
         return cls(out.past_key_values, mask, positions[:, -1] + 1), out.logits[:, -1].float()
 
@@ -117,6 +127,20 @@ class DecodeBatch:
         self.mask = mask[:, start:]
         self.positions = self.positions.index_select(0, index)
         self.last = self.last.index_select(0, index)
+
+
+def _embed_with_audio(model: Any, input_ids: torch.Tensor, features: torch.Tensor, group: int) -> torch.Tensor:
+    """Token embeddings with the audio placeholders replaced by the encoder's output, as the model's own
+    forward does, but running the encoder over `group` windows at a time."""
+    embeds = model.get_input_embeddings()(input_ids)
+    audio = torch.cat(
+        [
+            model.get_audio_features(features[i : i + group], return_dict=True).pooler_output
+            for i in range(0, features.shape[0], group)
+        ]
+    )
+    placeholders = (input_ids == model.config.audio_token_id).unsqueeze(-1).expand_as(embeds)
+    return embeds.masked_scatter(placeholders, audio.to(embeds.dtype))
 
 
 def _left_pad(mask: torch.Tensor, length: int) -> torch.Tensor:
