@@ -20,7 +20,7 @@ import numpy as np
 import soundfile as sf
 
 from .errors import AudioDecodeError, AudioTooLongError
-from .resampling import MIN_PART_SECONDS, resample, workers
+from .resampling import part_count, resample, workers
 
 SAMPLE_RATE = 16_000
 # libsndfile formats read at any rate (exact seeking, so long files are read in parallel parts), and Ogg,
@@ -85,7 +85,7 @@ def _read_soundfile(data: bytes, info: Any) -> np.ndarray | None:
     """Mono float32 samples at the file's rate; a long file is read in parts by threads at once (libsndfile
     releases the GIL and seeks exactly in these formats). None if fewer frames than declared are present."""
     frames, channels = int(info.frames), int(info.channels)
-    parts = min(workers(), int(frames / (MIN_PART_SECONDS * info.samplerate)))
+    parts = part_count(frames, info.samplerate, workers())
     if parts < 2:
         return _read_soundfile_at_once(data, frames)
     bounds = [frames * i // parts for i in range(parts + 1)]

@@ -27,13 +27,19 @@ def workers() -> int:
     return max(1, min(MAX_WORKERS, cores))
 
 
+def part_count(samples: int, rate: int, parts: int | None = None) -> int:
+    """Into how many parts to split `samples` at `rate` Hz: `parts` (default: the cores), but none shorter
+    than `MIN_PART_SECONDS`; below 2, do it in one go."""
+    return min(parts or workers(), int(samples / (MIN_PART_SECONDS * rate)))
+
+
 def resample(samples: np.ndarray, rate: int, target: int, parts: int | None = None) -> np.ndarray:
     """Mono float32 `samples` at `rate` Hz resampled to `target` Hz (`parts`: threads; default: the cores)."""
     if rate == target or samples.size == 0:
         return samples
     step_in, step_out = rate // math.gcd(rate, target), target // math.gcd(rate, target)
     count = samples.shape[0]
-    parts = min(parts or workers(), int(count / (MIN_PART_SECONDS * rate)))
+    parts = part_count(count, rate, parts)
     if parts < 2:
         return np.asarray(soxr.resample(samples, rate, target, quality="HQ"), dtype=np.float32)
     bounds = [round(count * i / parts / step_in) * step_in for i in range(parts)] + [count]

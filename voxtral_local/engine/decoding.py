@@ -131,7 +131,8 @@ class DecodeBatch:
 
 def _embed_with_audio(model: Any, input_ids: torch.Tensor, features: torch.Tensor, group: int) -> torch.Tensor:
     """Token embeddings with the audio placeholders replaced by the encoder's output, as the model's own
-    forward does, but running the encoder over `group` windows at a time."""
+    forward does (with its placeholder mask and count check), but running the encoder `group` windows at a
+    time."""
     embeds = model.get_input_embeddings()(input_ids)
     audio = torch.cat(
         [
@@ -139,7 +140,7 @@ def _embed_with_audio(model: Any, input_ids: torch.Tensor, features: torch.Tenso
             for i in range(0, features.shape[0], group)
         ]
     )
-    placeholders = (input_ids == model.config.audio_token_id).unsqueeze(-1).expand_as(embeds)
+    placeholders = model.model.get_placeholder_mask(input_ids, inputs_embeds=embeds, audio_features=audio)
     return embeds.masked_scatter(placeholders, audio.to(embeds.dtype))
 
 
