@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from ..audio import SAMPLE_RATE
+from .inputs import merge_inputs
 from .prompts import transcription_inputs
 
 WINDOW_SAMPLES = 30 * SAMPLE_RATE  # one encoder window: 3000 mel frames, 375 audio tokens
@@ -43,13 +44,9 @@ class TranscriptionFeatures:
         self, chunks: Sequence[np.ndarray], *, language: str | None, device: torch.device
     ) -> dict[str, torch.Tensor]:
         windows = [window_count(chunk) for chunk in chunks]
-        ids = [self._template(w, language) for w in windows]
-        width = max(len(row) for row in ids)
-        input_ids = torch.full((len(ids), width), self.pad_token_id, dtype=torch.long)
-        attention_mask = torch.zeros((len(ids), width), dtype=torch.long)
-        for i, row in enumerate(ids):  # left padding, as the processor pads
-            input_ids[i, width - len(row) :] = torch.tensor(row)
-            attention_mask[i, width - len(row) :] = 1
+        prompts = [torch.tensor([self._template(w, language)]) for w in windows]
+        rows = [{"input_ids": ids, "attention_mask": torch.ones_like(ids)} for ids in prompts]
+        tokens = merge_inputs(rows, self.pad_token_id)  # left padding, as the processor pads
         features = [torch.empty(0)] * len(chunks)
         group = CPU_STFT_GROUP if device.type == "cpu" else len(chunks)
         for count in sorted(set(windows)):  # batched STFTs per padded length
@@ -60,8 +57,8 @@ class TranscriptionFeatures:
                 for i, mel in zip(part, mels, strict=True):
                     features[i] = mel.reshape(mel.shape[0], count, self.frames_per_window).transpose(0, 1)
         return {
-            "input_ids": input_ids.to(device),
-            "attention_mask": attention_mask.to(device),
+            "input_ids": tokens["input_ids"].to(device),
+            "attention_mask": tokens["attention_mask"].to(device),
             "input_features": torch.cat(features),
         }
 
