@@ -46,7 +46,7 @@ def run_steps(assembler: OrderedText, rows: list[list[int]]) -> list[list[str]]:
 def test_one_row_streams_token_by_token_and_joins_to_the_text(tekken) -> None:
     encode, decode = tekken
     tokens = encode(" Hello world, this is Voxtral speaking. ")
-    assembler = OrderedText(1, decode, eos_token_id=EOS, caps=[100])
+    assembler = OrderedText(decode, eos_token_id=EOS, caps=[100])
     per_step = run_steps(assembler, [tokens])
     deltas = [d for step in per_step for d in step] + assembler.finish([decode(tokens).strip()])
     assert len(deltas) > 5
@@ -56,7 +56,7 @@ def test_one_row_streams_token_by_token_and_joins_to_the_text(tekken) -> None:
 def test_later_rows_wait_for_earlier_ones_then_follow_in_order(tekken) -> None:
     encode, decode = tekken
     first, second, third = encode("First chunk is long and keeps going on."), encode("Second."), encode("Third one.")
-    assembler = OrderedText(3, decode, eos_token_id=EOS, caps=[100, 100, 100])
+    assembler = OrderedText(decode, eos_token_id=EOS, caps=[100, 100, 100])
     per_step = run_steps(assembler, [first, second, third])
     # while row 0 runs, nothing from rows 1 and 2 appears
     early = "".join(d for step in per_step[: len(second)] for d in step)
@@ -70,7 +70,7 @@ def test_later_rows_wait_for_earlier_ones_then_follow_in_order(tekken) -> None:
 
 def test_empty_rows_add_no_separator(tekken) -> None:
     encode, decode = tekken
-    assembler = OrderedText(3, decode, eos_token_id=EOS, caps=[100, 100, 100])
+    assembler = OrderedText(decode, eos_token_id=EOS, caps=[100, 100, 100])
     run_steps(assembler, [encode("One."), [], encode("Three.")])
     assert assembler.text == "One. Three."
 
@@ -78,7 +78,7 @@ def test_empty_rows_add_no_separator(tekken) -> None:
 def test_rows_that_hit_their_cap_are_done_without_eos(tekken) -> None:
     encode, decode = tekken
     tokens = encode("A row that would go on and on and on.")
-    assembler = OrderedText(2, decode, eos_token_id=EOS, caps=[4, 100])
+    assembler = OrderedText(decode, eos_token_id=EOS, caps=[4, 100])
     for i in range(4):
         step(assembler, [tokens[i], encode(" Next")[0] if i == 0 else 11])
     assert assembler.current == 1  # row 0 reached its cap of 4 tokens
@@ -88,7 +88,7 @@ def test_rows_that_hit_their_cap_are_done_without_eos(tekken) -> None:
 def test_stop_strings_never_leak_into_deltas(tekken) -> None:
     encode, decode = tekken
     tokens = encode("Keep this part. STOP and not this.")
-    assembler = OrderedText(1, decode, eos_token_id=EOS, caps=[100], stop=("STOP",))
+    assembler = OrderedText(decode, eos_token_id=EOS, caps=[100], stop=("STOP",))
     streamed = ""
     for token in tokens:
         streamed += "".join(assembler.push(0, token))
@@ -102,7 +102,7 @@ def test_stop_strings_never_leak_into_deltas(tekken) -> None:
 def test_incomplete_utf8_is_held_until_the_character_is_whole(tekken) -> None:
     encode, decode = tekken
     tokens = encode("café 🎉 done")
-    assembler = OrderedText(1, decode, eos_token_id=EOS, caps=[100])
+    assembler = OrderedText(decode, eos_token_id=EOS, caps=[100])
     deltas = [d for step in run_steps(assembler, [tokens]) for d in step]
     assert "\ufffd" not in "".join(deltas)
     assert "".join(deltas) == "café 🎉 done"

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import logging
+import math
 import os
 import shutil
 import tempfile
@@ -45,12 +46,35 @@ def decode_audio(data: bytes, *, max_seconds: float) -> np.ndarray:
     _check_wav_complete(data)
     samples = _decode_with_soundfile(data, max_seconds)
     if samples is None:
-        samples = _decode_with_pyav(data, max_seconds)
-    if samples.size == 0:
-        raise AudioDecodeError("The uploaded file contains no audio samples.")
-    if not np.isfinite(samples).all():
-        raise AudioDecodeError("The uploaded file decodes to invalid (non-finite) samples.")
-    return samples
+        samples, _ = _decode_with_pyav(data, max_seconds)
+    return _checked(samples)
+
+
+def decode_head(data: bytes, *, seconds: float, max_seconds: float) -> tuple[np.ndarray, bool]:
+    """The first `seconds` of a file, decoded as `decode_audio` decodes them, and whether that is all of it.
+
+    Only the head is decoded, so only what shows there is checked: an empty or undecodable file, and a
+    header that declares more than `max_seconds`. A file no longer than `seconds` is decoded (and checked)
+    whole, as `decode_audio` does; of a longer one, decode the whole with `decode_audio` to check the rest.
+    """
+    if not data:
+        raise AudioDecodeError("The uploaded file is empty (0 bytes).")
+    _check_wav_complete(data)
+    info = _soundfile_info(data)
+    if info is None:
+        samples, complete = _decode_with_pyav(data, max_seconds, until=seconds)
+        return _checked(samples), complete
+    if info.frames / info.samplerate > max_seconds:
+        raise AudioTooLongError(max_seconds, 0.0)
+    frames = math.ceil(seconds * info.samplerate)
+    if info.frames > frames:
+        try:
+            block, _ = sf.read(io.BytesIO(data), frames=frames, dtype="float32", always_2d=True)
+        except (sf.LibsndfileError, RuntimeError):
+            block = None
+        if block is not None and block.shape[0] == frames:
+            return _checked(resample(_mono(block), info.samplerate, SAMPLE_RATE)), False
+    return decode_audio(data, max_seconds=max_seconds), True
 
 
 def duration_seconds(samples: np.ndarray) -> float:
@@ -58,10 +82,17 @@ def duration_seconds(samples: np.ndarray) -> float:
     return float(samples.shape[0]) / SAMPLE_RATE
 
 
-def _decode_with_soundfile(data: bytes, max_seconds: float) -> np.ndarray | None:
-    """libsndfile's path for WAV, FLAC and MP3 at any rate (and Ogg at 16 kHz): read, average the channels,
-    resample with soxr, as mistral-common reads audio. None when the file needs PyAV (other formats, or
-    fewer samples than the header declares, which PyAV then reports)."""
+def _checked(samples: np.ndarray) -> np.ndarray:
+    if samples.size == 0:
+        raise AudioDecodeError("The uploaded file contains no audio samples.")
+    if not np.isfinite(samples).all():
+        raise AudioDecodeError("The uploaded file decodes to invalid (non-finite) samples.")
+    return samples
+
+
+def _soundfile_info(data: bytes) -> Any | None:
+    """libsndfile's description of a file it reads the way mistral-common does: WAV, FLAC and MP3 at any
+    rate, Ogg at 16 kHz (an MP3 only with its length declared); None when the file needs PyAV."""
     try:
         info = sf.info(io.BytesIO(data))
     except (sf.LibsndfileError, RuntimeError, TypeError):
@@ -71,6 +102,16 @@ def _decode_with_soundfile(data: bytes, max_seconds: float) -> np.ndarray | None
     ):
         return None
     if info.format == "MP3" and not _mp3_length_is_declared(data):
+        return None
+    return info
+
+
+def _decode_with_soundfile(data: bytes, max_seconds: float) -> np.ndarray | None:
+    """libsndfile's path (see `_soundfile_info`): read, average the channels, resample with soxr, as
+    mistral-common reads audio. None when the file needs PyAV (other formats, or fewer samples than the
+    header declares, which PyAV then reports)."""
+    info = _soundfile_info(data)
+    if info is None:
         return None
     if info.frames / info.samplerate > max_seconds:
         raise AudioTooLongError(max_seconds, 0.0)
@@ -176,7 +217,9 @@ def _check_wav_complete(data: bytes) -> None:
         )
 
 
-def _decode_with_pyav(data: bytes, max_seconds: float) -> np.ndarray:
+def _decode_with_pyav(data: bytes, max_seconds: float, until: float | None = None) -> tuple[np.ndarray, bool]:
+    """Samples, and whether they are the whole file: decoding stops once `until` seconds are in, if given
+    (the truncation check then waits for the whole decode)."""
     try:
         container = av.open(io.BytesIO(data), mode="r")
     except (av.FFmpegError, ValueError, IndexError) as exc:
@@ -187,14 +230,20 @@ def _decode_with_pyav(data: bytes, max_seconds: float) -> np.ndarray:
         stream = container.streams.audio[0]
         expected = _declared_duration(container, stream)
         tolerance = _truncation_tolerance(container, expected) if expected is not None else 0.0
+        if until is not None and expected is not None and expected - tolerance > max_seconds:
+            raise AudioTooLongError(max_seconds, 0.0)  # told by the header, before decoding the whole
         blocks = _BlockResampler()
         decoded = 0.0  # seconds, counted on the decoder's own sample rate as frames arrive
+        complete = True
         try:
             for frame in container.decode(stream):
                 decoded += frame.samples / frame.sample_rate
                 if decoded > max_seconds:
                     raise AudioTooLongError(max_seconds, decoded)
                 blocks.write(frame)
+                if until is not None and decoded >= until:
+                    complete = False
+                    break
             samples = blocks.finish()
         except (av.FFmpegError, ValueError) as exc:
             where = f"after {decoded:.1f} s" if decoded else "at the start"
@@ -202,12 +251,12 @@ def _decode_with_pyav(data: bytes, max_seconds: float) -> np.ndarray:
                 f"The uploaded file is truncated or corrupt: decoding failed {where} ({_ffmpeg_reason(exc)})."
             ) from exc
     seconds = samples.shape[0] / SAMPLE_RATE
-    if expected is not None and samples.size and seconds < expected - tolerance:
+    if complete and expected is not None and samples.size and seconds < expected - tolerance:
         raise AudioDecodeError(
             f"The uploaded file is truncated: its header declares {expected:.1f} s of audio "
             f"but only {seconds:.1f} s could be decoded."
         )
-    return samples
+    return samples, complete
 
 
 class _BlockResampler:

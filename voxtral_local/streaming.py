@@ -2,11 +2,13 @@
 
 Row 0 (the first chunk) is streamed live, token by token. A later row's text is held until every row
 before it has finished and been sent, then flushed and streamed live in turn. The deltas joined are
-exactly the final transcript: chunk texts stripped and joined by single spaces.
+exactly the final transcript: chunk texts stripped and joined by single spaces. Rows may be added while
+the first ones stream (`add_rows`: the rest of a long upload, decoded meanwhile).
 """
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Sequence
 
 REPLACEMENT = "\ufffd"  # an incomplete UTF-8 sequence at the end of the decoded bytes so far
@@ -50,19 +52,29 @@ class OrderedText:
 
     def __init__(
         self,
-        rows: int,
         decode: Callable[[list[int]], str],
         *,
         eos_token_id: int,
         caps: Sequence[int],
         stop: Sequence[str] = (),
     ) -> None:
-        self.rows = [RowText(decode, stop) for _ in range(rows)]
+        self.decode = decode
+        self.stop = tuple(stop)
+        self.rows: list[RowText] = []
+        self.caps: list[int] = []
+        self.done: list[bool] = []
         self.eos_token_id = eos_token_id
-        self.caps = list(caps)
-        self.done = [False] * rows
         self.current = 0
         self.emitted: list[str] = []
+        self._lock = threading.Lock()  # tokens come from the decoder's thread, rows from the producer's
+        self.add_rows(caps)
+
+    def add_rows(self, caps: Sequence[int]) -> None:
+        """Rows that follow the present ones (with their token caps)."""
+        with self._lock:
+            self.rows.extend(RowText(self.decode, self.stop) for _ in caps)
+            self.caps.extend(caps)
+            self.done.extend(False for _ in caps)
 
     @property
     def text(self) -> str:
@@ -71,6 +83,10 @@ class OrderedText:
 
     def push(self, index: int, token: int) -> list[str]:
         """Row `index` chose `token`; returns the deltas to send now (none for a row already done)."""
+        with self._lock:
+            return self._push(index, token)
+
+    def _push(self, index: int, token: int) -> list[str]:
         out: list[str] = []
         if self.done[index]:
             return out
@@ -98,8 +114,9 @@ class OrderedText:
     def finish(self, final_texts: Sequence[str]) -> list[str]:
         """Flush every row with its final text; returns the remaining deltas."""
         out: list[str] = []
-        self.done = [True] * len(self.rows)
-        self._advance(out, final_texts)
+        with self._lock:
+            self.done = [True] * len(self.rows)
+            self._advance(out, final_texts)
         return out
 
     def _advance(self, out: list[str], final_texts: Sequence[str] | None) -> None:

@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import threading
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
-from .audio import decode_audio, duration_seconds
+from .audio import decode_audio, decode_head, duration_seconds
 from .chunking import AudioChunk, split_audio
 from .config import Settings
 from .engine import ChunkOutput, VoxtralEngine
+from .engine.core import RowsCallback
 from .engine.generation import Sampling
 from .engine.prompts import audio_part
 from .engine.scheduler import TokenCallback
@@ -54,6 +55,14 @@ class TranscriptionResult:
         return [segment.id for segment in self.segments if segment.truncated]
 
 
+@dataclass(frozen=True)
+class PartialUpload:
+    """An upload of which only the first seconds are decoded yet (`TranscriptionService.decode_start`)."""
+
+    data: bytes
+    head: np.ndarray
+
+
 def compression_ratio(text: str) -> float:
     """Whisper's repetition signal: text bytes over zlib-compressed bytes."""
     data = text.encode("utf-8")
@@ -76,9 +85,17 @@ class TranscriptionService:
         """Upload bytes to mono 16 kHz samples, within the duration limit."""
         return decode_audio(data, max_seconds=self.settings.max_audio_seconds)
 
+    def decode_start(self, data: bytes) -> np.ndarray | PartialUpload:
+        """The whole upload if it is short; else its first two chunk lengths, the rest to be decoded while
+        the first chunk is transcribed (a streamed response starts within one chunk's work). What the head
+        shows is checked here; a fault further in is raised by `transcribe`, after the first words."""
+        head_seconds = 2 * self.settings.chunk_seconds  # holds at least one whole chunk
+        head, complete = decode_head(data, seconds=head_seconds, max_seconds=self.settings.max_audio_seconds)
+        return head if complete else PartialUpload(data, head)
+
     def transcribe(
         self,
-        data: bytes | np.ndarray,
+        data: bytes | np.ndarray | PartialUpload,
         *,
         language: str | None,
         temperature: float = 0.0,
@@ -89,39 +106,75 @@ class TranscriptionService:
         cancel: threading.Event | None = None,
     ) -> TranscriptionResult:
         """Blocking; run it in a worker thread. `on_delta` receives the text as it is produced."""
-        samples = self.decode(data) if isinstance(data, bytes) else data
-        chunks = split_audio(samples, max_chunk_s=self.settings.chunk_seconds)
-        caps = [self.engine.token_cap(c.duration_s) for c in chunks]
-        if max_tokens_per_chunk is not None:
-            caps = [min(cap, max_tokens_per_chunk) for cap in caps]
+        if isinstance(data, bytes) or (isinstance(data, PartialUpload) and instruction is not None):
+            data = self.decode(data if isinstance(data, bytes) else data.data)
+        whole: list[np.ndarray] = []  # the upload's samples, once all decoded
+        more: Iterator[list[AudioChunk]] | None = None
+        if isinstance(data, PartialUpload):
+            chunks = split_audio(data.head, max_chunk_s=self.settings.chunk_seconds)[:-1]  # the last may go on
+            more = self._rest(data.data, chunks[-1], whole)
+        else:
+            whole.append(data)
+            chunks = split_audio(data, max_chunk_s=self.settings.chunk_seconds)
         self.engine.load()
         sampling = Sampling(temperature=temperature, seed=seed)
         outputs = self.engine.stream_text(
-            caps,
             on_delta,
-            lambda on_token: self._generate(chunks, caps, language, sampling, instruction, on_token, cancel),
+            lambda on_token, on_rows: self._generate(
+                chunks, more, max_tokens_per_chunk, language, sampling, instruction, on_token, on_rows, cancel
+            ),
         )
-        return self._result(samples, chunks, outputs, language, temperature)
+        return self._result(whole[0], chunks, outputs, language, temperature)
+
+    def _rest(self, data: bytes, last: AudioChunk, whole: list[np.ndarray]) -> Iterator[list[AudioChunk]]:
+        """Decode the whole upload and yield the chunks after `last` (offsets in the whole); `whole` gets the
+        samples."""
+        samples = self.decode(data)
+        whole.append(samples)
+        end = last.start + last.samples.shape[0]
+        if samples.shape[0] > end:
+            rest = split_audio(samples[end:], max_chunk_s=self.settings.chunk_seconds)
+            yield [AudioChunk(c.samples, c.start + end) for c in rest]
 
     def _generate(
         self,
         chunks: list[AudioChunk],
-        caps: list[int],
+        more: Iterator[list[AudioChunk]] | None,
+        max_tokens_per_chunk: int | None,
         language: str | None,
         sampling: Sampling,
         instruction: str | None,
         on_token: TokenCallback | None,
+        on_rows: RowsCallback | None,
         cancel: threading.Event | None,
     ) -> list[ChunkOutput]:
+        """Generate every chunk's text; the chunks `more` yields are appended to `chunks` as they come."""
         if instruction is None:
             return self.engine.transcribe(
-                [c.samples for c in chunks], language=language, sampling=sampling, on_token=on_token, cancel=cancel
+                [c.samples for c in chunks],
+                language=language,
+                sampling=sampling,
+                max_tokens=max_tokens_per_chunk,
+                on_token=on_token,
+                cancel=cancel,
+                more=None if more is None else self._samples_of(more, chunks),
+                on_rows=on_rows,
             )
+        assert more is None, "a chat prompt per chunk starts once the whole upload is decoded"
+        caps = [self.engine.token_cap(c.duration_s, max_tokens_per_chunk) for c in chunks]
         conversations = [
             [{"role": "user", "content": [audio_part(c.samples), {"type": "text", "text": instruction}]}]
             for c in chunks
         ]
-        return self.engine.chat(conversations, caps=caps, sampling=sampling, on_token=on_token, cancel=cancel)
+        return self.engine.chat(
+            conversations, caps=caps, sampling=sampling, on_token=on_token, cancel=cancel, on_rows=on_rows
+        )
+
+    @staticmethod
+    def _samples_of(more: Iterator[list[AudioChunk]], chunks: list[AudioChunk]) -> Iterator[Sequence[np.ndarray]]:
+        for part in more:
+            chunks.extend(part)
+            yield [c.samples for c in part]
 
     @staticmethod
     def _result(

@@ -39,19 +39,21 @@ async def create_transcription(request: Request, settings: SettingsDep, service:
         check_transcription_options(params)
         language = normalize_language(params.language)
         data = await upload.read()
-    samples = await run_in_threadpool(service.decode, data)
     headers = {"X-Voxtral-Ignored-Fields": "prompt"} if params.prompt else {}
     if params.stream:
+        # Only the head of a long upload is decoded before the stream starts; the rest while it runs.
+        audio = await run_in_threadpool(service.decode_start, data)
         await run_in_threadpool(service.engine.load)  # a load failure is a 503, not a stream error
 
         def work(emit: Callable[[str], None], cancel: threading.Event) -> TranscriptionResult:
             return service.transcribe(
-                samples, language=language, temperature=params.temperature, on_delta=emit, cancel=cancel
+                audio, language=language, temperature=params.temperature, on_delta=emit, cancel=cancel
             )
 
         return StreamingResponse(
             _transcript_events(work), media_type="text/event-stream", headers={**sse.STREAM_HEADERS, **headers}
         )
+    samples = await run_in_threadpool(service.decode, data)
     result = await run_until_disconnect(
         request,
         lambda cancel: service.transcribe(samples, language=language, temperature=params.temperature, cancel=cancel),

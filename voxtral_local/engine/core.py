@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import math
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,6 +26,9 @@ from .runtime import resolve_device, resolve_dtype
 from .scheduler import Footprint, Job, Scheduler, TokenCallback
 
 logger = logging.getLogger(__name__)
+
+# Told the token caps of a job's rows before they decode (the first ones, then each part added).
+RowsCallback = Callable[[Sequence[int]], None]
 
 # Added to every chunk's token cap so that very short chunks still have room.
 CAP_MARGIN_TOKENS = 32
@@ -143,9 +146,11 @@ class VoxtralEngine:
         plan = self.plan
         logger.info("memory budget %.1f GiB, KV cache %d bytes per token", plan.budget / 2**30, plan.kv_per_token)
 
-    def token_cap(self, duration_s: float) -> int:
-        """New-token cap for a chunk of this length; generous enough for very fast speech."""
-        return math.ceil(duration_s * self.settings.max_tokens_per_audio_second) + CAP_MARGIN_TOKENS
+    def token_cap(self, duration_s: float, max_tokens: int | None = None) -> int:
+        """New-token cap for a chunk of this length (generous enough for very fast speech), at most
+        `max_tokens`."""
+        cap = math.ceil(duration_s * self.settings.max_tokens_per_audio_second) + CAP_MARGIN_TOKENS
+        return cap if max_tokens is None else min(cap, max_tokens)
 
     @property
     def eos_token_id(self) -> int:
@@ -153,16 +158,16 @@ class VoxtralEngine:
 
     def stream_text(
         self,
-        caps: Sequence[int],
         on_delta: Callable[[str], None] | None,
-        run: Callable[[TokenCallback | None], list[ChunkOutput]],
+        run: Callable[[TokenCallback | None, RowsCallback | None], list[ChunkOutput]],
         stop: Sequence[str] = (),
     ) -> list[ChunkOutput]:
-        """Call `run(on_token)`; with `on_delta`, turn its rows' tokens into ordered text deltas."""
+        """Call `run(on_token, on_rows)`; with `on_delta`, turn its rows' tokens into ordered text deltas
+        (`run` announces its rows' caps through `on_rows` before they decode)."""
         if on_delta is None:
-            return run(None)
-        assembler = OrderedText(len(caps), self.decode, eos_token_id=self.eos_token_id, caps=caps, stop=stop)
-        outputs = run(assembler.forward_to(on_delta))
+            return run(None, None)
+        assembler = OrderedText(self.decode, eos_token_id=self.eos_token_id, caps=(), stop=stop)
+        outputs = run(assembler.forward_to(on_delta), assembler.add_rows)
         for delta in assembler.finish([out.text for out in outputs]):
             on_delta(delta)
         return outputs
@@ -177,23 +182,44 @@ class VoxtralEngine:
         *,
         language: str | None,
         sampling: Sampling = GREEDY,
+        max_tokens: int | None = None,
         on_token: TokenCallback | None = None,
         cancel: threading.Event | None = None,
+        more: Iterable[Sequence[np.ndarray]] | None = None,
+        on_rows: RowsCallback | None = None,
     ) -> list[ChunkOutput]:
-        """Transcribe chunks (mono 16 kHz) with the official transcription prompt; outputs in chunk order."""
+        """Transcribe chunks (mono 16 kHz) with the official transcription prompt; outputs in chunk order.
+        Each chunk generates at most its `token_cap` (and `max_tokens`) new tokens.
+
+        With `more`, the first chunks start decoding at once and each part `more` yields (produced on this
+        thread meanwhile, e.g. by decoding the rest of the upload) joins them; an error it raises ends the
+        request with that error."""
         self.load()
         assert self.features is not None and self.device is not None
         features, device = self.features, self.device
-        windows = [window_count(chunk) for chunk in chunks]
+        audio = list(chunks)
+
+        def rows(part: Sequence[np.ndarray]) -> tuple[list[Footprint], list[int]]:
+            windows = [window_count(chunk) for chunk in part]
+            footprints = [Footprint(features.prompt_length(w, language), w) for w in windows]
+            return footprints, [self.token_cap(chunk.shape[0] / SAMPLE_RATE, max_tokens) for chunk in part]
+
+        def parts(more: Iterable[Sequence[np.ndarray]]) -> Iterator[tuple[list[Footprint], list[int]]]:
+            for part in more:
+                audio.extend(part)  # before the scheduler hears of these rows and builds their inputs
+                yield rows(part)
+
+        footprints, caps = rows(audio)
         job = Job(
-            build=lambda rows: features([chunks[i] for i in rows], language=language, device=device),
-            footprints=[Footprint(features.prompt_length(w, language), w) for w in windows],
-            caps=[self.token_cap(chunk.shape[0] / SAMPLE_RATE) for chunk in chunks],
+            build=lambda indices: features([audio[i] for i in indices], language=language, device=device),
+            footprints=footprints,
+            caps=caps,
             sampling=sampling,
             on_token=on_token,
             cancel=cancel,
+            open=more is not None,
         )
-        return self._run(job)
+        return self._run(job, on_rows, None if more is None else parts(more))
 
     def chat(
         self,
@@ -203,10 +229,12 @@ class VoxtralEngine:
         sampling: Sampling = GREEDY,
         on_token: TokenCallback | None = None,
         cancel: threading.Event | None = None,
+        on_rows: RowsCallback | None = None,
     ) -> list[ChunkOutput]:
         """Generate a reply to each conversation; outputs in conversation order."""
         self.load()
-        return self._run(self._chat_job(self._chat_inputs(conversations), caps, sampling, on_token, cancel))
+        job = self._chat_job(self._chat_inputs(conversations), caps, sampling, on_token, cancel)
+        return self._run(job, on_rows)
 
     def _chat_inputs(self, conversations: Sequence[Conversation]) -> list[Inputs]:
         try:
@@ -230,7 +258,7 @@ class VoxtralEngine:
             return {k: v.to(device, dtype=dtype if k == "input_features" else None) for k, v in merged.items()}
 
         footprints = [Footprint(int(r["input_ids"].shape[1]), len(r.get("input_features", ()))) for r in rows]
-        return Job(build, footprints, caps, sampling, on_token, cancel)
+        return Job(build, footprints, list(caps), sampling, on_token, cancel)
 
     def chat_one(
         self,
@@ -256,15 +284,37 @@ class VoxtralEngine:
             )
         cap = max_new_tokens or room
 
-        def run(on_token: TokenCallback | None) -> list[ChunkOutput]:
-            return self._run(self._chat_job(rows, [cap], sampling, on_token, cancel))
+        def run(on_token: TokenCallback | None, on_rows: RowsCallback | None) -> list[ChunkOutput]:
+            return self._run(self._chat_job(rows, [cap], sampling, on_token, cancel), on_rows)
 
-        (out,) = self.stream_text([cap], on_delta, run, stop=sampling.stop)
+        (out,) = self.stream_text(on_delta, run, stop=sampling.stop)
         return out
 
-    def _run(self, job: Job) -> list[ChunkOutput]:
-        assert self.scheduler is not None
-        return [self._output(row) for row in self.scheduler.run(job)]
+    def _run(
+        self,
+        job: Job,
+        on_rows: RowsCallback | None,
+        more: Iterator[tuple[list[Footprint], list[int]]] | None = None,
+    ) -> list[ChunkOutput]:
+        """Submit the job, add `more`'s rows to it as they come, and wait for every row's output."""
+        scheduler = self.scheduler
+        assert scheduler is not None
+        if on_rows is not None:
+            on_rows(job.caps)
+        scheduler.submit(job)
+        if more is not None:
+            try:
+                for footprints, caps in more:
+                    if job.done.is_set():  # cancelled or failed: producing the rest is wasted work
+                        break
+                    if on_rows is not None:
+                        on_rows(caps)
+                    scheduler.extend(job, footprints, caps)
+            except Exception as exc:  # producing the rest failed (a corrupt upload): the job ends with it
+                scheduler.abort(job, exc)
+            finally:
+                scheduler.seal(job)
+        return [self._output(row) for row in job.wait()]
 
     def _output(self, row: RowResult) -> ChunkOutput:
         text = self.decode(row.token_ids)

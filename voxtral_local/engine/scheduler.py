@@ -7,6 +7,10 @@ finish, so concurrent requests share decoding steps and nothing waits for the sl
 Fairness: free room goes first to the job with the fewest rows in flight (ties: the oldest), so a short
 request arriving during a long one gets a row in at the next step. A job's first admission takes only its
 first row: that row's first words stream after one encoder window, not after the whole file's prefill.
+
+A job may be submitted open (`Scheduler.submit(job)` with `open=True`): its first rows decode while the caller
+is still producing the rest (decoding the rest of an upload), which it adds with `extend` and ends with `seal`
+(or `abort`, when producing them failed).
 """
 
 from __future__ import annotations
@@ -46,22 +50,31 @@ class Footprint:
 
 @dataclass(eq=False)
 class Job:
-    """One request's rows: `build(indices)` makes their model inputs when they are admitted."""
+    """One request's rows: `build(indices)` makes their model inputs when they are admitted.
+
+    An open job may still get rows (`Scheduler.extend`); it is done once it is sealed and every row has
+    finished."""
 
     build: Callable[[Sequence[int]], dict[str, torch.Tensor]]
-    footprints: Sequence[Footprint]
-    caps: Sequence[int]
+    footprints: list[Footprint]
+    caps: list[int]
     sampling: Sampling
     on_token: TokenCallback | None = None
     cancel: threading.Event | None = None
+    open: bool = False
     results: list[RowResult | None] = field(init=False)
     next_row: int = field(default=0, init=False)
     error: BaseException | None = field(default=None, init=False)
     done: threading.Event = field(default_factory=threading.Event, init=False)
 
     def __post_init__(self) -> None:
+        self.footprints, self.caps = list(self.footprints), list(self.caps)
         self.results = [None] * len(self.caps)
-        if not self.caps:
+        self.settle()
+
+    def settle(self) -> None:
+        """Mark the job done once it is sealed and every row has its result."""
+        if not self.open and all(r is not None for r in self.results):
             self.done.set()
 
     @property
@@ -132,12 +145,43 @@ class Scheduler:
 
     def run(self, job: Job) -> list[RowResult]:
         """Submit a job and wait for its rows (GenerationCancelledError if its cancel event is set)."""
-        if job.caps:
-            with self._cond:
-                self._jobs.append(job)
-                self._active.set()
-                self._cond.notify()
+        self.submit(job)
         return job.wait()
+
+    def submit(self, job: Job) -> None:
+        """Queue a job's rows for decoding and return at once; `job.wait()` gives its results."""
+        if job.done.is_set():
+            return
+        with self._cond:
+            self._jobs.append(job)
+            self._active.set()
+            self._cond.notify()
+
+    def extend(self, job: Job, footprints: Sequence[Footprint], caps: Sequence[int]) -> None:
+        """Add rows to an open job (its `build` must already know them)."""
+        if len(footprints) != len(caps):
+            raise ValueError("one footprint and one cap per row")
+        with self._cond:
+            if not job.open:
+                raise ValueError("rows can only be added to an open job")
+            job.footprints.extend(footprints)
+            job.caps.extend(caps)
+            job.results.extend([None] * len(caps))
+            self._cond.notify()
+
+    def seal(self, job: Job) -> None:
+        """No more rows will be added to this job: it is done when the rows it has are."""
+        with self._cond:
+            job.open = False
+            job.settle()
+            self._cond.notify()
+
+    def abort(self, job: Job, error: BaseException) -> None:
+        """End a job with this error (its rows leave the batch at the next step)."""
+        with self._cond:
+            job.open = False
+            job.fail(error)
+            self._cond.notify()
 
     def close(self) -> None:
         with self._cond:
@@ -148,13 +192,14 @@ class Scheduler:
         with torch.inference_mode():
             while True:
                 with self._cond:
-                    while not self._jobs and not self._rows and not self._closed:
-                        self._active.clear()
+                    while not self._rows and not self._closed and not any(j.pending for j in self._waiting()):
+                        if not self._jobs:
+                            self._active.clear()
                         self._cond.wait()
                     if self._closed:
                         return
                 try:
-                    self._drop_cancelled()
+                    self._drop_ended()
                     self._admit()
                     if self._rows:
                         self._step()
@@ -162,12 +207,20 @@ class Scheduler:
                     logger.exception("decoder loop failed")
                     self._fail(self._all_jobs(), exc)
 
-    def _drop_cancelled(self) -> None:
-        cancelled = [j for j in self._all_jobs() if j.cancel is not None and j.cancel.is_set()]
-        for job in cancelled:
-            job.fail(GenerationCancelledError("The client went away; generation was stopped."))
-        if cancelled:
-            self._remove_jobs(set(cancelled))
+    def _waiting(self) -> list[Job]:
+        """The queued jobs, less those that ended from outside (aborted); call with the lock held."""
+        self._jobs = [j for j in self._jobs if not j.done.is_set()]
+        return self._jobs
+
+    def _drop_ended(self) -> None:
+        """Fail the jobs whose client went away; drop the rows of jobs that ended (cancelled or aborted)."""
+        jobs = self._all_jobs()
+        for job in jobs:
+            if job.cancel is not None and job.cancel.is_set():
+                job.fail(GenerationCancelledError("The client went away; generation was stopped."))
+        ended = {j for j in jobs if j.done.is_set()}
+        if ended:
+            self._remove_jobs(ended)
 
     def _all_jobs(self) -> list[Job]:
         with self._cond:
@@ -266,7 +319,7 @@ class Scheduler:
                 tokens, windows = tokens + foot.tokens, windows + foot.windows
             for job, count in taken.items():
                 job.next_row += count
-            self._jobs = [j for j in self._jobs if j.pending]
+            self._jobs = [j for j in self._jobs if j.pending or j.open]
         return picked
 
     def _step(self) -> None:
@@ -328,9 +381,9 @@ class Scheduler:
         result = finish_row(
             row.tokens, row.logprobs, row.no_speech_prob, row.cap, self.eos_token_id, job.sampling, self.decode
         )
-        job.results[row.index] = replace(result, prompt_tokens=row.prompt_tokens, audio_tokens=row.audio_tokens)
-        if all(r is not None for r in job.results):
-            job.done.set()
+        with self._cond:  # `seal` may be checking the same job from the producer's thread
+            job.results[row.index] = replace(result, prompt_tokens=row.prompt_tokens, audio_tokens=row.audio_tokens)
+            job.settle()
 
     def _fail(self, jobs: Sequence[Job], error: BaseException) -> None:
         for job in jobs:
