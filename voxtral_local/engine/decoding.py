@@ -206,4 +206,6 @@ def choose(
             tokens[i] = sampler.sample(logits[i])
     chosen = logprobs.gather(1, tokens[:, None]).squeeze(1)
     eos = logprobs[:, eos_token_id].exp()
-    return Choice(tokens, tokens.tolist(), chosen.tolist(), eos.tolist())
+    # One copy to the host per step, not three (each waits for the device): token ids are exact in float32.
+    ids, chosen_list, eos_list = torch.stack([tokens.float(), chosen.float(), eos.float()]).tolist()
+    return Choice(tokens, [int(t) for t in ids], chosen_list, eos_list)
