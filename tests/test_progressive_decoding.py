@@ -23,6 +23,7 @@ from voxtral_local.testing.audio_files import encode
 from voxtral_local.transcription import PartialUpload, TranscriptionService
 
 from .conftest import APPS, FIXTURES
+from .spies import spy_forward
 from .test_api_streaming import wait_until_idle
 from .test_audio import long_speech
 from .test_chunking import speech_with_gaps
@@ -186,3 +187,27 @@ def test_a_streamed_upload_over_the_limit_by_its_header_is_a_400(tiny_model_dir:
                 model=MODEL, file=("long.flac", encode(long_speech(speech, 100), "flac"), "audio/flac"), stream=True
             )
     assert info.value.response.json()["error"]["code"] == "audio_too_long"
+
+
+def test_a_plain_request_also_starts_before_the_whole_upload_is_decoded(
+    base_url: str, speech: np.ndarray, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    service: TranscriptionService = APPS[base_url].state.transcription
+    service.engine.load()
+    first_pass = threading.Event()
+    whole_decode = service.decode
+
+    def decode_after_the_first_pass(data: bytes) -> np.ndarray:
+        assert first_pass.wait(timeout=60), "the model waited for the whole upload to be decoded"
+        return whole_decode(data)
+
+    monkeypatch.setattr(service, "decode", decode_after_the_first_pass)
+    audio, _ = speech_with_gaps(speech, minutes=3)
+    mp3 = encode(audio, "mp3")
+    client = OpenAI(base_url=f"{base_url}/v1", api_key="x", max_retries=0, timeout=120)
+    with spy_forward(service.engine.model, lambda args, kwargs: first_pass.set()):
+        result = client.audio.transcriptions.create(
+            model=MODEL, file=("a.mp3", mp3, "audio/mpeg"), response_format="verbose_json"
+        )
+    assert result.duration == pytest.approx(audio.shape[0] / SAMPLE_RATE, abs=0.1)
+    assert result.segments and result.segments[-1].end == pytest.approx(result.duration, abs=1e-3)

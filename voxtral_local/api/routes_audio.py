@@ -40,9 +40,9 @@ async def create_transcription(request: Request, settings: SettingsDep, service:
         language = normalize_language(params.language)
         data = await upload.read()
     headers = {"X-Voxtral-Ignored-Fields": "prompt"} if params.prompt else {}
+    # Only the head of a long upload is decoded before its first chunk goes to the model; the rest meanwhile.
+    audio = await run_in_threadpool(service.decode_start, data)
     if params.stream:
-        # Only the head of a long upload is decoded before the stream starts; the rest while it runs.
-        audio = await run_in_threadpool(service.decode_start, data)
         await run_in_threadpool(service.engine.load)  # a load failure is a 503, not a stream error
 
         def work(emit: Callable[[str], None], cancel: threading.Event) -> TranscriptionResult:
@@ -53,10 +53,9 @@ async def create_transcription(request: Request, settings: SettingsDep, service:
         return StreamingResponse(
             _transcript_events(work), media_type="text/event-stream", headers={**sse.STREAM_HEADERS, **headers}
         )
-    samples = await run_in_threadpool(service.decode, data)
     result = await run_until_disconnect(
         request,
-        lambda cancel: service.transcribe(samples, language=language, temperature=params.temperature, cancel=cancel),
+        lambda cancel: service.transcribe(audio, language=language, temperature=params.temperature, cancel=cancel),
     )
     return _rendered(result, params.response_format, "transcribe", headers)
 
