@@ -20,7 +20,9 @@ from openai import OpenAI
 from voxtral_local.api import create_app
 from voxtral_local.audio import decode_audio
 from voxtral_local.config import Settings
+from voxtral_local.engine import VoxtralEngine
 from voxtral_local.testing.tiny_model import build_tiny_model
+from voxtral_local.transcription import TranscriptionService
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
@@ -39,6 +41,15 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def silent_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_tiny_model(tmp_path_factory.mktemp("models") / "voxtral-silent", silent=True)
+
+
+@pytest.fixture(scope="module")
+def service(tiny_model_dir: Path) -> TranscriptionService:
+    """A transcription service on the tiny model, loaded, without a server."""
+    settings = Settings(_env_file=None, model=str(tiny_model_dir))
+    engine = VoxtralEngine(settings)
+    engine.load()
+    return TranscriptionService(settings, engine)
 
 
 @pytest.fixture(scope="session")

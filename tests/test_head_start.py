@@ -16,14 +16,6 @@ from .spies import spy_forward
 from .test_chunking import speech_with_gaps
 
 
-@pytest.fixture(scope="module")
-def service(tiny_model_dir: Path) -> TranscriptionService:
-    settings = Settings(_env_file=None, model=str(tiny_model_dir))
-    engine = VoxtralEngine(settings)
-    engine.load()
-    return TranscriptionService(settings, engine)
-
-
 @pytest.mark.parametrize("minutes", [1, 6])
 def test_first_delta_needs_one_encoder_window_whatever_the_length(
     service: TranscriptionService, speech: np.ndarray, minutes: int

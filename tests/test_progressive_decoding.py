@@ -16,8 +16,6 @@ from openai.types.audio import TranscriptionTextDeltaEvent
 
 from voxtral_local.audio import SAMPLE_RATE, decode_audio, decode_head
 from voxtral_local.chunking import split_audio
-from voxtral_local.config import Settings
-from voxtral_local.engine import VoxtralEngine
 from voxtral_local.errors import AudioDecodeError, AudioTooLongError
 from voxtral_local.testing.audio_files import encode
 from voxtral_local.transcription import PartialUpload, TranscriptionService
@@ -29,14 +27,6 @@ from .test_audio import long_speech
 from .test_chunking import speech_with_gaps
 
 MODEL = "voxtral-tiny"
-
-
-@pytest.fixture(scope="module")
-def service(tiny_model_dir: Path) -> TranscriptionService:
-    settings = Settings(_env_file=None, model=str(tiny_model_dir))
-    engine = VoxtralEngine(settings)
-    engine.load()
-    return TranscriptionService(settings, engine)
 
 
 @pytest.mark.parametrize(("extension", "exact"), [("wav", True), ("flac", True), ("mp3", False), ("m4a", False)])
@@ -93,6 +83,19 @@ def test_a_streamed_long_upload_gives_the_same_transcript_as_a_plain_one(
     assert (streamed.prompt_tokens, streamed.completion_tokens) == (plain.prompt_tokens, plain.completion_tokens)
 
 
+def hold_the_whole_decode(
+    service: TranscriptionService, monkeypatch: pytest.MonkeyPatch, until: threading.Event
+) -> None:
+    """Make the service's decoding of the whole upload wait for `until` (failing after a minute)."""
+    whole_decode = service.decode
+
+    def held(data: bytes) -> np.ndarray:
+        assert until.wait(timeout=60), "the model waited for the whole upload to be decoded"
+        return whole_decode(data)
+
+    monkeypatch.setattr(service, "decode", held)
+
+
 def test_the_first_words_do_not_wait_for_the_rest_of_the_upload(
     service: TranscriptionService, speech: np.ndarray, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -100,13 +103,7 @@ def test_the_first_words_do_not_wait_for_the_rest_of_the_upload(
     start = service.decode_start(encode(audio, "mp3"))
     assert isinstance(start, PartialUpload)
     first_words = threading.Event()
-    whole_decode = service.decode
-
-    def decode_after_the_first_words(data: bytes) -> np.ndarray:
-        assert first_words.wait(timeout=60), "the first words waited for the whole upload to be decoded"
-        return whole_decode(data)
-
-    monkeypatch.setattr(service, "decode", decode_after_the_first_words)
+    hold_the_whole_decode(service, monkeypatch, until=first_words)
     deltas: list[str] = []
 
     def on_delta(delta: str) -> None:
@@ -116,7 +113,7 @@ def test_the_first_words_do_not_wait_for_the_rest_of_the_upload(
     result = service.transcribe(start, language=None, on_delta=on_delta)
     assert deltas and "".join(deltas) == result.text
     assert result.segments[-1].end == pytest.approx(result.duration, abs=1e-3)
-    assert len(result.segments) == len(split_audio(whole_decode(start.data), max_chunk_s=30))
+    assert len(result.segments) == len(split_audio(decode_audio(start.data, max_seconds=600), max_chunk_s=30))
 
 
 def test_rows_added_while_decoding_give_the_tokens_of_one_batch(
@@ -195,13 +192,7 @@ def test_a_plain_request_also_starts_before_the_whole_upload_is_decoded(
     service: TranscriptionService = APPS[base_url].state.transcription
     service.engine.load()
     first_pass = threading.Event()
-    whole_decode = service.decode
-
-    def decode_after_the_first_pass(data: bytes) -> np.ndarray:
-        assert first_pass.wait(timeout=60), "the model waited for the whole upload to be decoded"
-        return whole_decode(data)
-
-    monkeypatch.setattr(service, "decode", decode_after_the_first_pass)
+    hold_the_whole_decode(service, monkeypatch, until=first_pass)
     audio, _ = speech_with_gaps(speech, minutes=3)
     mp3 = encode(audio, "mp3")
     client = OpenAI(base_url=f"{base_url}/v1", api_key="x", max_retries=0, timeout=120)
