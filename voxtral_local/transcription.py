@@ -86,10 +86,12 @@ class TranscriptionService:
         return decode_audio(data, max_seconds=self.settings.max_audio_seconds)
 
     def decode_start(self, data: bytes) -> np.ndarray | PartialUpload:
-        """The whole upload if it is short; else its first two chunk lengths, the rest to be decoded while
-        the first chunk is transcribed (a streamed response starts within one chunk's work). What the head
-        shows is checked here; a fault further in is raised by `transcribe`, after the first words."""
-        head_seconds = 2 * self.settings.chunk_seconds  # holds at least one whole chunk
+        """The whole upload if it is short; else its first chunk length and a second, the rest to be decoded
+        while the first chunk is transcribed (a streamed response starts within one chunk's work). What the
+        head shows is checked here; a fault further in is raised by `transcribe`, after the first words."""
+        # Past one chunk length the first cut is final (it falls in the last seconds before that length);
+        # the extra second keeps it clear of the resampler's edge at the head's end.
+        head_seconds = self.settings.chunk_seconds + 1
         head, complete = decode_head(data, seconds=head_seconds, max_seconds=self.settings.max_audio_seconds)
         return head if complete else PartialUpload(data, head)
 
