@@ -50,6 +50,16 @@ def test_a_short_file_is_decoded_whole(extension: str) -> None:
     assert complete and np.array_equal(head, decode_audio(data, max_seconds=600))
 
 
+@pytest.mark.parametrize("extension", ["ogg", "opus"])
+def test_a_file_whose_header_states_no_length_is_decoded_whole(speech: np.ndarray, extension: str) -> None:
+    """It could be a duration bomb: the limit must hold before any of it reaches the model."""
+    data = encode(long_speech(speech, 100), extension)
+    head, complete = decode_head(data, seconds=31, max_seconds=600)
+    assert complete and np.array_equal(head, decode_audio(data, max_seconds=600))
+    with pytest.raises(AudioTooLongError):
+        decode_head(data, seconds=31, max_seconds=80)
+
+
 @pytest.mark.parametrize("extension", ["flac", "m4a"])
 def test_a_header_over_the_limit_is_refused_from_the_head(speech: np.ndarray, extension: str) -> None:
     data = encode(long_speech(speech, 100), extension)

@@ -54,8 +54,9 @@ def decode_head(data: bytes, *, seconds: float, max_seconds: float) -> tuple[np.
     """The first `seconds` of a file, decoded as `decode_audio` decodes them, and whether that is all of it.
 
     Only the head is decoded, so only what shows there is checked: an empty or undecodable file, and a
-    header that declares more than `max_seconds`. A file no longer than `seconds` is decoded (and checked)
-    whole, as `decode_audio` does; of a longer one, decode the whole with `decode_audio` to check the rest.
+    header that declares more than `max_seconds`. A file no longer than `seconds`, or one whose header does
+    not declare its length, is decoded (and checked) whole, as `decode_audio` does; of a longer one, decode
+    the whole with `decode_audio` to check the rest.
     """
     if not data:
         raise AudioDecodeError("The uploaded file is empty (0 bytes).")
@@ -219,7 +220,8 @@ def _check_wav_complete(data: bytes) -> None:
 
 def _decode_with_pyav(data: bytes, max_seconds: float, until: float | None = None) -> tuple[np.ndarray, bool]:
     """Samples, and whether they are the whole file: decoding stops once `until` seconds are in, if given
-    (the truncation check then waits for the whole decode)."""
+    and the header declares the file's duration (the truncation check then waits for the whole decode).
+    A file whose length no header states (Ogg, ADTS) is decoded whole: it may be a duration bomb."""
     try:
         container = av.open(io.BytesIO(data), mode="r")
     except (av.FFmpegError, ValueError, IndexError) as exc:
@@ -230,7 +232,9 @@ def _decode_with_pyav(data: bytes, max_seconds: float, until: float | None = Non
         stream = container.streams.audio[0]
         expected = _declared_duration(container, stream)
         tolerance = _truncation_tolerance(container, expected) if expected is not None else 0.0
-        if until is not None and expected is not None and expected - tolerance > max_seconds:
+        if expected is None:
+            until = None
+        elif until is not None and expected - tolerance > max_seconds:
             raise AudioTooLongError(max_seconds, 0.0)  # told by the header, before decoding the whole
         blocks = _BlockResampler()
         decoded = 0.0  # seconds, counted on the decoder's own sample rate as frames arrive
