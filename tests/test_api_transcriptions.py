@@ -15,7 +15,7 @@ from openai.types.audio import Transcription, TranscriptionVerbose
 from voxtral_local.audio import SAMPLE_RATE
 from voxtral_local.testing.audio_files import encode
 
-from .conftest import FIXTURES, FORMATS
+from .conftest import APPS, FIXTURES, FORMATS
 from .test_chunking import speech_with_gaps
 
 MODEL = "voxtral-tiny"
@@ -225,3 +225,35 @@ def test_unknown_route_and_method_use_the_error_envelope(base_url: str) -> None:
     assert missing.status_code == 404 and missing.json()["error"]["code"] == "not_found"
     wrong = httpx.get(f"{base_url}/v1/audio/transcriptions")
     assert wrong.status_code == 405 and wrong.json()["error"]["type"] == "invalid_request_error"
+
+
+def test_a_multi_megabyte_upload_gives_the_transcript_of_its_bytes(
+    base_url: str, client: OpenAI, speech: np.ndarray
+) -> None:
+    audio, _ = speech_with_gaps(speech, minutes=2)
+    wav = encode(audio, "wav")
+    assert len(wav) > 3 * 2**20  # past the 1 MiB that Starlette would spool to disk
+    result = client.audio.transcriptions.create(model=MODEL, file=("long.wav", wav, "audio/wav"))
+    service = APPS[base_url].state.transcription
+    assert result.text == service.transcribe(wav, language=None).text
+
+
+@pytest.mark.parametrize(
+    ("files", "fields", "message"),
+    [
+        (3, 1, "Too many files"),
+        (1, 70, "Too many fields"),
+    ],
+)
+def test_a_form_over_the_part_limits_is_400(base_url: str, files: int, fields: int, message: str) -> None:
+    wav = (FIXTURES / "speech.wav").read_bytes()
+    response = httpx.post(
+        f"{base_url}/v1/audio/transcriptions",
+        files=[("file", (f"{i}.wav", wav, "audio/wav")) for i in range(files)],
+        data={"model": MODEL, **{f"extra{i}": "x" for i in range(fields - 1)}},
+        timeout=60,
+    )
+    assert response.status_code == 400
+    error = response.json()["error"]
+    assert error["type"] == "invalid_request_error" and message in error["message"]
+    assert httpx.get(f"{base_url}/health").json()["status"] == "healthy"

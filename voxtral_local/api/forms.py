@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import io
+from collections.abc import AsyncIterator
+from contextlib import aclosing, asynccontextmanager
 from typing import Any, TypeVar
 
+from fastapi import Request
 from pydantic import BaseModel, ValidationError
+from python_multipart.multipart import parse_options_header
 from starlette.datastructures import FormData, UploadFile
+from starlette.formparsers import MultiPartException, MultiPartParser
 
 from ..config import Settings
 from ..errors import InvalidRequestError, ModelNotFoundError
@@ -14,6 +20,43 @@ from .errors import validation_to_domain
 
 LIST_FIELDS = frozenset({"timestamp_granularities"})
 P = TypeVar("P", bound=BaseModel)
+
+
+# Most form fields a request may carry; the SDK sends fewer than ten.
+MAX_FORM_FIELDS = 64
+
+
+@asynccontextmanager
+async def audio_form(request: Request, settings: Settings) -> AsyncIterator[FormData]:
+    """The request's form, parsed as the body arrives, with the uploaded file kept in memory.
+
+    Starlette spools a file part past 1 MiB to a temporary file, one write per ~64 KiB piece through a
+    worker thread, and the route would read it all back at once; the body limit bounds what memory holds."""
+    content_type, _ = parse_options_header(request.headers.get("Content-Type"))
+    if content_type != b"multipart/form-data":
+        async with request.form(max_files=2, max_fields=MAX_FORM_FIELDS) as form:
+            yield form
+        return
+    try:
+        async with aclosing(request.stream()) as stream:
+            parser = MultiPartParser(request.headers, stream, max_files=2, max_fields=MAX_FORM_FIELDS)
+            parser.spool_max_size = settings.max_upload_bytes
+            form = await parser.parse()
+    except MultiPartException as exc:
+        raise InvalidRequestError(f"The multipart body could not be parsed: {exc.message}") from exc
+    try:
+        yield form
+    finally:
+        await form.close()
+
+
+def upload_bytes(upload: UploadFile) -> bytes:
+    """An uploaded file's content; kept in memory by `audio_form`, it is handed over without a copy."""
+    spooled = getattr(upload.file, "_file", None)
+    if isinstance(spooled, io.BytesIO):
+        return spooled.getvalue()  # CPython shares the buffer rather than copying it
+    upload.file.seek(0)
+    return upload.file.read()
 
 
 def check_model(model: str, settings: Settings) -> None:

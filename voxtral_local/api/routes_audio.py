@@ -22,23 +22,21 @@ from ..transcription import TranscriptionResult
 from . import sse
 from .background import Delta, Done, run_until_disconnect, stream_deltas
 from .deps import SettingsDep, TranscriptionServiceDep
-from .forms import check_transcription_options, parse_audio_form
+from .forms import audio_form, check_transcription_options, parse_audio_form, upload_bytes
 
 router = APIRouter()
 
-# Most form fields a request may carry; the SDK sends fewer than ten.
-MAX_FORM_FIELDS = 64
 TRANSLATE_INSTRUCTION = "Translate this audio into English. Reply with the English translation only."
 
 
 @router.post("/v1/audio/transcriptions", response_model=None)
 async def create_transcription(request: Request, settings: SettingsDep, service: TranscriptionServiceDep) -> Response:
     """Transcribe an uploaded file (multipart, as `client.audio.transcriptions.create` sends it)."""
-    async with request.form(max_files=2, max_fields=MAX_FORM_FIELDS) as form:
+    async with audio_form(request, settings) as form:
         upload, params = parse_audio_form(form, settings, TranscriptionCreateParams)
         check_transcription_options(params)
         language = normalize_language(params.language)
-        data = await upload.read()
+        data = upload_bytes(upload)
     headers = {"X-Voxtral-Ignored-Fields": "prompt"} if params.prompt else {}
     # Only the head of a long upload is decoded before its first chunk goes to the model; the rest meanwhile.
     audio = await run_in_threadpool(service.decode_start, data)
@@ -63,9 +61,9 @@ async def create_transcription(request: Request, settings: SettingsDep, service:
 @router.post("/v1/audio/translations", response_model=None)
 async def create_translation(request: Request, settings: SettingsDep, service: TranscriptionServiceDep) -> Response:
     """Translate an uploaded file into English text, with Voxtral's chat template chunk by chunk."""
-    async with request.form(max_files=2, max_fields=MAX_FORM_FIELDS) as form:
+    async with audio_form(request, settings) as form:
         upload, params = parse_audio_form(form, settings, TranslationCreateParams)
-        data = await upload.read()
+        data = upload_bytes(upload)
     samples = await run_in_threadpool(service.decode, data)
     result = await run_until_disconnect(
         request,
