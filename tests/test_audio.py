@@ -155,7 +155,7 @@ def test_a_long_file_read_in_parallel_parts_equals_one_pass(
     block, rate = sf.read(io.BytesIO(data), dtype="float32", always_2d=True)
     one_pass = soxr.resample(block.mean(axis=1), rate, SAMPLE_RATE, quality="HQ")
 
-    def no_pyav(data: bytes, max_seconds: float) -> np.ndarray:
+    def no_pyav(data: bytes, max_seconds: float, until: float | None = None) -> tuple[np.ndarray, bool]:
         raise AssertionError("the libsndfile path gave up and handed the file to PyAV")
 
     monkeypatch.setattr(voxtral_local.audio, "_decode_with_pyav", no_pyav)

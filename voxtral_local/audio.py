@@ -41,13 +41,8 @@ def decode_audio(data: bytes, *, max_seconds: float) -> np.ndarray:
     Raises AudioDecodeError for empty, truncated or undecodable input and AudioTooLongError as soon as
     more than `max_seconds` have been decoded.
     """
-    if not data:
-        raise AudioDecodeError("The uploaded file is empty (0 bytes).")
-    _check_wav_complete(data)
-    samples = _decode_with_soundfile(data, max_seconds)
-    if samples is None:
-        samples, _ = _decode_with_pyav(data, max_seconds)
-    return _checked(samples)
+    samples, _ = _decode(data, max_seconds, until=None)
+    return samples
 
 
 def decode_head(data: bytes, *, seconds: float, max_seconds: float) -> tuple[np.ndarray, bool]:
@@ -58,24 +53,19 @@ def decode_head(data: bytes, *, seconds: float, max_seconds: float) -> tuple[np.
     not declare its length, is decoded (and checked) whole, as `decode_audio` does; of a longer one, decode
     the whole with `decode_audio` to check the rest.
     """
+    return _decode(data, max_seconds, until=seconds)
+
+
+def _decode(data: bytes, max_seconds: float, until: float | None) -> tuple[np.ndarray, bool]:
+    """Samples (the first `until` seconds, if given) and whether they are the whole file: libsndfile's path
+    where it applies (see `_soundfile_info`), else PyAV's."""
     if not data:
         raise AudioDecodeError("The uploaded file is empty (0 bytes).")
     _check_wav_complete(data)
     info = _soundfile_info(data)
-    if info is None:
-        samples, complete = _decode_with_pyav(data, max_seconds, until=seconds)
-        return _checked(samples), complete
-    if info.frames / info.samplerate > max_seconds:
-        raise AudioTooLongError(max_seconds, 0.0)
-    frames = math.ceil(seconds * info.samplerate)
-    if info.frames > frames:
-        try:
-            block, _ = sf.read(io.BytesIO(data), frames=frames, dtype="float32", always_2d=True)
-        except (sf.LibsndfileError, RuntimeError):
-            block = None
-        if block is not None and block.shape[0] == frames:
-            return _checked(resample(_mono(block), info.samplerate, SAMPLE_RATE)), False
-    return decode_audio(data, max_seconds=max_seconds), True
+    read = None if info is None else _decode_with_soundfile(data, info, max_seconds, until)
+    samples, complete = read if read is not None else _decode_with_pyav(data, max_seconds, until)
+    return _checked(samples), complete
 
 
 def duration_seconds(samples: np.ndarray) -> float:
@@ -107,20 +97,21 @@ def _soundfile_info(data: bytes) -> Any | None:
     return info
 
 
-def _decode_with_soundfile(data: bytes, max_seconds: float) -> np.ndarray | None:
-    """libsndfile's path (see `_soundfile_info`): read, average the channels, resample with soxr, as
-    mistral-common reads audio. None when the file needs PyAV (other formats, or fewer samples than the
-    header declares, which PyAV then reports)."""
-    info = _soundfile_info(data)
-    if info is None:
-        return None
+def _decode_with_soundfile(
+    data: bytes, info: Any, max_seconds: float, until: float | None
+) -> tuple[np.ndarray, bool] | None:
+    """libsndfile's path: read (the first `until` seconds, if the file is longer), average the channels,
+    resample with soxr, as mistral-common reads audio; and whether that is the whole file. None when the file
+    needs PyAV (fewer samples than the header declares, which PyAV then reports)."""
     if info.frames / info.samplerate > max_seconds:
         raise AudioTooLongError(max_seconds, 0.0)
+    frames = int(info.frames) if until is None else min(int(info.frames), math.ceil(until * info.samplerate))
+    complete = frames == info.frames
     try:
-        samples = _read_soundfile(data, info)
+        samples = _read_soundfile(data, info) if complete else _read_soundfile_at_once(data, frames, head_only=True)
     except (sf.LibsndfileError, RuntimeError):
         return None
-    return None if samples is None else resample(samples, info.samplerate, SAMPLE_RATE)
+    return None if samples is None else (resample(samples, info.samplerate, SAMPLE_RATE), complete)
 
 
 def _read_soundfile(data: bytes, info: Any) -> np.ndarray | None:
@@ -157,8 +148,10 @@ def _read_soundfile(data: bytes, info: Any) -> np.ndarray | None:
     return out if complete else None
 
 
-def _read_soundfile_at_once(data: bytes, frames: int) -> np.ndarray | None:
-    block, _ = sf.read(io.BytesIO(data), dtype="float32", always_2d=True)
+def _read_soundfile_at_once(data: bytes, frames: int, *, head_only: bool = False) -> np.ndarray | None:
+    """Mono samples in one pass from memory (only the first `frames` if `head_only`); None if fewer than
+    `frames` are present."""
+    block, _ = sf.read(io.BytesIO(data), frames=frames if head_only else -1, dtype="float32", always_2d=True)
     return _mono(block) if block.shape[0] >= frames else None
 
 
