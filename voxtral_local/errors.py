@@ -12,6 +12,8 @@ class ErrorKind(Enum):
     PAYLOAD_TOO_LARGE = "payload_too_large"
     MODEL_NOT_FOUND = "model_not_found"
     MODEL_UNAVAILABLE = "model_unavailable"
+    DOWNLOAD_FAILED = "download_failed"
+    STORAGE_FULL = "storage_full"
     CLIENT_GONE = "client_gone"
     INTERNAL = "internal"
 
@@ -83,6 +85,20 @@ class ModelUnavailableError(VoxtralError):
 
     kind = ErrorKind.MODEL_UNAVAILABLE
     code = "model_unavailable"
+
+
+class ModelDownloadError(VoxtralError):
+    """Pulling the model from the hub failed (no such repository, no network, a dropped connection)."""
+
+    kind = ErrorKind.DOWNLOAD_FAILED
+    code = "model_download_failed"
+
+
+class StorageFullError(ModelDownloadError):
+    """Pulling the model failed for want of disk space."""
+
+    kind = ErrorKind.STORAGE_FULL
+    code = "insufficient_storage"
 
 
 class GenerationCancelledError(VoxtralError):

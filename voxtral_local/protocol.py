@@ -87,6 +87,29 @@ class ModelList(BaseModel):
     data: list[Model]
 
 
+class ModelPullRequest(BaseModel):
+    """`POST /v1/models/pull` (not an OpenAI endpoint: lotti's and its earlier local services'). Both fields
+    may name the model: `model_name` as lotti sends it, `model` as Ollama's pull does; default: the served one."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model_name: str | None = Field(None, min_length=1)
+    model: str | None = Field(None, min_length=1)
+    stream: bool = True
+
+
+class ModelPullStatus(BaseModel):
+    """Progress of a pull (each streamed event) and its outcome (the last event, or the plain response).
+    Bytes and files count what needed downloading; a model already complete needs nothing."""
+
+    status: Literal["pulling", "downloading", "success"]
+    model: str
+    completed: int = Field(description="Bytes downloaded so far.")
+    total: int = Field(description="Bytes to download, as far as known (it grows as downloads start).")
+    files_completed: int
+    files_total: int
+
+
 class Health(BaseModel):
     """`GET /health`, the fields lotti's earlier local services reported."""
 

@@ -14,8 +14,9 @@ from ..chat import ChatService
 from ..config import Settings
 from ..engine import VoxtralEngine
 from ..errors import ModelUnavailableError
+from ..model_download import ModelDownloader
 from ..transcription import TranscriptionService
-from . import routes_audio, routes_chat, routes_models
+from . import routes_audio, routes_chat, routes_models, routes_pull
 from .body_limit import BodySizeLimit
 from .errors import install_error_handlers
 
@@ -31,6 +32,7 @@ def create_app(settings: Settings, engine: VoxtralEngine | None = None) -> FastA
         engine_ = engine or VoxtralEngine(settings)
         app.state.settings = settings
         app.state.engine = engine_
+        app.state.downloader = ModelDownloader(settings.model)
         app.state.transcription = TranscriptionService(settings, engine_)
         app.state.chat = ChatService(settings, engine_, app.state.transcription)
         if settings.preload:
@@ -46,4 +48,5 @@ def create_app(settings: Settings, engine: VoxtralEngine | None = None) -> FastA
     app.include_router(routes_audio.router)
     app.include_router(routes_chat.router)
     app.include_router(routes_models.router)
+    app.include_router(routes_pull.router)
     return app

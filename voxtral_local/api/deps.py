@@ -9,6 +9,7 @@ from fastapi import Depends, Request
 from ..chat import ChatService
 from ..config import Settings
 from ..engine import VoxtralEngine
+from ..model_download import ModelDownloader
 from ..transcription import TranscriptionService
 
 
@@ -18,6 +19,10 @@ def get_settings(request: Request) -> Settings:
 
 def get_engine(request: Request) -> VoxtralEngine:
     return request.app.state.engine
+
+
+def get_downloader(request: Request) -> ModelDownloader:
+    return request.app.state.downloader
 
 
 def get_transcription_service(request: Request) -> TranscriptionService:
@@ -30,5 +35,6 @@ def get_chat_service(request: Request) -> ChatService:
 
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 EngineDep = Annotated[VoxtralEngine, Depends(get_engine)]
+DownloaderDep = Annotated[ModelDownloader, Depends(get_downloader)]
 TranscriptionServiceDep = Annotated[TranscriptionService, Depends(get_transcription_service)]
 ChatServiceDep = Annotated[ChatService, Depends(get_chat_service)]

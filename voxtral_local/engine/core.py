@@ -16,6 +16,7 @@ import torch
 from ..audio import SAMPLE_RATE
 from ..config import Settings
 from ..errors import InvalidRequestError, ModelUnavailableError
+from ..model_download import is_cached
 from ..streaming import OrderedText
 from .features import TranscriptionFeatures, window_count
 from .generation import FinishReason, RowResult, Sampling
@@ -92,10 +93,7 @@ class VoxtralEngine:
         """Whether the checkpoint is on this machine (local directory or the Hugging Face cache)."""
         if self.settings.model_is_local:
             return (Path(self.settings.model).expanduser() / "config.json").is_file()
-        from huggingface_hub import try_to_load_from_cache
-
-        cached = try_to_load_from_cache(self.settings.model, "config.json")
-        return isinstance(cached, str)
+        return is_cached(self.settings.model)
 
     def load(self) -> None:
         """Load model and processor if not yet loaded; raise ModelUnavailableError when that fails."""

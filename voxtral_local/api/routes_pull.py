@@ -1,0 +1,108 @@
+"""`POST /v1/models/pull`: download the served model into the Hugging Face cache, with progress as SSE."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Annotated, Literal
+
+from fastapi import APIRouter, Body
+from fastapi.responses import StreamingResponse
+
+from ..config import Settings
+from ..errors import InvalidRequestError, ModelUnavailableError
+from ..model_download import Download, PullProgress
+from ..protocol import ModelPullRequest, ModelPullStatus
+from . import sse
+from .deps import DownloaderDep, SettingsDep
+from .forms import check_model
+
+router = APIRouter()
+
+
+@router.post("/v1/models/pull", response_model=None)
+async def pull_model(
+    settings: SettingsDep,
+    downloader: DownloaderDep,
+    params: Annotated[ModelPullRequest | None, Body()] = None,
+) -> ModelPullStatus | StreamingResponse:
+    """Download the served model (a hub id) unless it is complete; a pull that arrives while one runs joins
+    it. With `stream` (the default) the progress comes as server-sent events, else the outcome when done."""
+    params = params or ModelPullRequest()
+    name = _named_model(params, settings)
+    if settings.model_is_local:
+        return _local_status(settings, name)
+    download = downloader.start()
+    if params.stream:
+        return StreamingResponse(_events(download, name), media_type="text/event-stream", headers=sse.STREAM_HEADERS)
+    async for _ in watch(download):
+        pass
+    if download.error is not None:
+        raise download.error
+    return _status("success", name, download.progress)
+
+
+async def watch(download: Download) -> AsyncIterator[PullProgress]:
+    """The download's progress as it changes, until it ends (the outcome is then on `download`)."""
+    loop = asyncio.get_running_loop()
+    queue: asyncio.Queue[PullProgress] = asyncio.Queue()
+
+    def tell(progress: PullProgress) -> None:
+        with contextlib.suppress(RuntimeError):  # the loop has closed; the download goes on without it
+            loop.call_soon_threadsafe(queue.put_nowait, progress)
+
+    unsubscribe = download.subscribe(tell)
+    try:
+        while not download.done.is_set():
+            yield await queue.get()
+    finally:
+        unsubscribe()
+
+
+async def _events(download: Download, name: str) -> AsyncIterator[str]:
+    yield sse.event(_status("pulling", name, download.progress))
+    async for progress in watch(download):
+        yield sse.event(_status("downloading", name, progress))
+    if download.error is not None:
+        yield sse.error_event(download.error)
+        return
+    yield sse.event(_status("success", name, download.progress))
+    yield sse.DONE
+
+
+def _named_model(params: ModelPullRequest, settings: Settings) -> str:
+    """The model the request names (default: the served one); 404 for one this server does not serve."""
+    if params.model_name and params.model and params.model_name != params.model:
+        raise InvalidRequestError(
+            f"'model_name' ({params.model_name!r}) and 'model' ({params.model!r}) name different models.",
+            param="model",
+        )
+    name = params.model_name or params.model or settings.model_name
+    check_model(name, settings)
+    return name
+
+
+def _local_status(settings: Settings, name: str) -> ModelPullStatus:
+    """A checkpoint directory has nothing to pull: it is there (success) or it is not (503, with what to do)."""
+    directory = Path(settings.model).expanduser()
+    if not (directory / "config.json").is_file():
+        raise ModelUnavailableError(
+            f"The model directory '{settings.model}' does not exist or holds no config.json. A local directory "
+            "is not pulled: copy the checkpoint there (for example with `hf download <repo> --local-dir "
+            f"{settings.model}`), or set VOXTRAL_MODEL to a hub id to pull it."
+        )
+    files = sum(1 for path in directory.iterdir() if path.is_file())
+    return _status("success", name, PullProgress(files_completed=files, files_total=files))
+
+
+def _status(status: Literal["pulling", "downloading", "success"], name: str, p: PullProgress) -> ModelPullStatus:
+    return ModelPullStatus(
+        status=status,
+        model=name,
+        completed=p.completed,
+        total=p.total,
+        files_completed=p.files_completed,
+        files_total=p.files_total,
+    )
