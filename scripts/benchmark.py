@@ -3,7 +3,7 @@
 
   scripts/benchmark.py --preset small|full [--model DIR] [--durations 30,300,1800]
                        [--strategies native,sequential,engine,http,concurrent,preprocess] [--concurrency 8]
-                       [--tokens-per-30s 100] [--json FILE]
+                       [--tokens-per-30s 100] [--repeat 1] [--json FILE]
 
 Strategies: native = the whole file as one `apply_transcription_request` prompt and one `generate`;
 sequential = one `generate` per chunk in turn; engine = this server's engine (all chunks in one batch);
@@ -12,6 +12,8 @@ concurrent = `--concurrency` clients upload the same file at the same moment (wa
 preprocess = decoding the MP3, cutting it into chunks and building every chunk's prompt and log-mel features
 (no model; the engine does this work too, group by group, as rows are admitted).
 Random weights stop at random places, so every strategy is made to generate the same tokens per chunk.
+With --repeat N the strategies run N times over, interleaved (a, b, a, b, ...), and the ratios are taken
+between medians, so that a slow moment of a shared machine does not decide them.
 """
 
 from __future__ import annotations
@@ -279,6 +281,7 @@ def main() -> None:
     parser.add_argument("--strategies", default="native,sequential,engine,http")
     parser.add_argument("--concurrency", type=int, default=8, help="clients of the concurrent strategy")
     parser.add_argument("--tokens-per-30s", type=int, default=100)
+    parser.add_argument("--repeat", type=int, default=1, help="run the strategies this many times, interleaved")
     parser.add_argument("--json", help="write the figures to this file")
     parser.add_argument("--port", type=int, default=0, help="port for the HTTP strategy (0: any free one)")
     args = parser.parse_args()
@@ -312,7 +315,7 @@ def main() -> None:
     with http_server(settings, engine) as url:
         for seconds in (int(d) for d in args.durations.split(",")):
             mp3 = make_audio(seconds, cache)
-            for strategy in strategies:
+            for strategy in strategies * max(1, args.repeat):
                 first_delta = None
                 with memory.measure():
                     start = time.perf_counter()
@@ -361,13 +364,21 @@ def main() -> None:
 
 
 def print_ratios(results: list[dict[str, Any]]) -> None:
-    by = {(r["strategy"], r["audio_seconds"]): r["wall_seconds"] for r in results}
+    """Wall-time ratios per audio length, between the medians of repeated runs (and their range)."""
+    walls: dict[tuple[str, int], list[float]] = {}
+    for r in results:
+        walls.setdefault((r["strategy"], r["audio_seconds"]), []).append(r["wall_seconds"])
     for seconds in sorted({r["audio_seconds"] for r in results}):
         parts = []
         concurrent = next((r["strategy"] for r in results if r["strategy"].startswith("concurrent")), "")
         for a, b in (("native", "engine"), ("sequential", "engine"), ("http", "engine"), (concurrent, "http")):
-            if (a, seconds) in by and (b, seconds) in by:
-                parts.append(f"{a}/{b} wall = {by[(a, seconds)] / by[(b, seconds)]:.2f}x")
+            if (a, seconds) in walls and (b, seconds) in walls:
+                mine, theirs = walls[(a, seconds)], walls[(b, seconds)]
+                part = f"{a}/{b} wall = {float(np.median(mine)) / float(np.median(theirs)):.2f}x"
+                if len(mine) > 1 and len(mine) == len(theirs):  # run by run, interleaved
+                    each = [x / y for x, y in zip(mine, theirs, strict=True)]
+                    part += f" (runs: {min(each):.2f}-{max(each):.2f}x)"
+                parts.append(part)
         print(f"{seconds:>5} s: " + ", ".join(parts))
 
 

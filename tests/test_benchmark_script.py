@@ -30,3 +30,16 @@ def test_benchmark_writes_every_figure(tmp_path: Path) -> None:
         assert row["audio_seconds"] == 30 and row["wall_seconds"] > 0
         assert row["new_tokens"] == (120 if row is rows["concurrent-3"] else 40)  # forced: the same work per upload
     assert rows["http"]["first_delta_seconds"] > 0 and rows["engine"]["first_delta_seconds"] is None
+
+
+def test_repeated_runs_interleave_and_ratios_use_medians(tmp_path: Path) -> None:
+    out = tmp_path / "bench.json"
+    run = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "benchmark.py"), "--preset", "small", "--durations", "30",
+         "--strategies", "native,engine", "--repeat", "2", "--tokens-per-30s", "40", "--json", str(out)],
+        check=True, timeout=600, capture_output=True, text=True,
+    )  # fmt: skip
+    rows = json.loads(out.read_text())["results"]
+    assert [r["strategy"] for r in rows] == ["native", "engine", "native", "engine"]
+    ratio_line = next(line for line in run.stdout.splitlines() if "native/engine" in line)
+    assert "(runs:" in ratio_line
