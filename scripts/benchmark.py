@@ -155,6 +155,24 @@ def _rss_mb() -> float:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
+def _cpu_jiffies() -> tuple[int, int] | None:
+    """(steal, total) CPU time of the whole machine from /proc/stat, in jiffies; None where there is none.
+    Steal is time the hypervisor gave this virtual machine's CPUs to someone else."""
+    try:
+        with open("/proc/stat") as f:
+            fields = [int(x) for x in f.readline().split()[1:9]]
+    except (OSError, ValueError):
+        return None
+    return (fields[7] if len(fields) > 7 else 0), sum(fields)
+
+
+def steal_percent(before: tuple[int, int] | None, after: tuple[int, int] | None) -> float | None:
+    """Share of the CPU time between two `_cpu_jiffies` readings that was stolen, in percent."""
+    if before is None or after is None or after[1] <= before[1]:
+        return None
+    return round(100 * (after[0] - before[0]) / (after[1] - before[1]), 1)
+
+
 def chunk_caps(engine: VoxtralEngine, samples: np.ndarray) -> tuple[list[np.ndarray], list[int]]:
     chunks = split_audio(samples, max_chunk_s=engine.settings.chunk_seconds)
     return [c.samples for c in chunks], [engine.token_cap(c.duration_s) for c in chunks]
@@ -317,6 +335,7 @@ def main() -> None:
             mp3 = make_audio(seconds, cache)
             for strategy in strategies * max(1, args.repeat):
                 first_delta = None
+                jiffies = _cpu_jiffies()
                 with memory.measure():
                     start = time.perf_counter()
                     if strategy == "http":
@@ -338,6 +357,7 @@ def main() -> None:
                     "peak_rss_mb": round(memory.rss_mb),
                     "peak_cuda_mb": None if memory.cuda_mb is None else round(memory.cuda_mb),
                     "first_delta_seconds": None if first_delta is None else round(first_delta, 3),
+                    "cpu_steal_percent": steal_percent(jiffies, _cpu_jiffies()),
                 }
                 results.append(row)
                 print(json.dumps(row), flush=True)

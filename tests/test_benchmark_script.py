@@ -26,8 +26,9 @@ def test_benchmark_writes_every_figure(tmp_path: Path) -> None:
     assert set(rows) == {"native", "sequential", "engine", "http", "concurrent-3"}
     for row in rows.values():
         assert set(row) >= {"strategy", "audio_seconds", "wall_seconds", "rtfx", "new_tokens", "peak_rss_mb",
-                            "peak_cuda_mb", "first_delta_seconds"}  # fmt: skip
+                            "peak_cuda_mb", "first_delta_seconds", "cpu_steal_percent"}  # fmt: skip
         assert row["audio_seconds"] == 30 and row["wall_seconds"] > 0
+        assert row["cpu_steal_percent"] is None or 0 <= row["cpu_steal_percent"] <= 100
         assert row["new_tokens"] == (120 if row is rows["concurrent-3"] else 40)  # forced: the same work per upload
     assert rows["http"]["first_delta_seconds"] > 0 and rows["engine"]["first_delta_seconds"] is None
 

@@ -44,12 +44,12 @@ ProgressListener = Callable[[PullProgress], None]
 
 
 class Download:
-    """One running (or finished) snapshot download; listeners hear its progress, `wait` its outcome."""
+    """One running (or finished) snapshot download; listeners hear its progress, and once `done` is set,
+    `error` says whether it failed."""
 
     def __init__(self, repo_id: str) -> None:
         self.repo_id = repo_id
         self.progress = PullProgress()
-        self.path: str | None = None
         self.error: VoxtralError | None = None
         self.done = threading.Event()
         self._listeners: list[ProgressListener] = []
@@ -63,10 +63,6 @@ class Download:
             progress = self.progress
         listener(progress)
         return lambda: self._unsubscribe(listener)
-
-    def wait(self, timeout: float | None = None) -> bool:
-        """Whether the download has ended (successfully or not)."""
-        return self.done.wait(timeout)
 
     def _unsubscribe(self, listener: ProgressListener) -> None:
         with self._lock:
@@ -82,16 +78,18 @@ class Download:
             self._last_told = now
             listeners, progress = list(self._listeners), self.progress
         for listener in listeners:
-            listener(progress)
+            try:
+                listener(progress)
+            except Exception:  # runs inside the download's progress counter: it must not break the download
+                logger.exception("a pull progress listener failed")
 
     def _run(self) -> None:
         try:
             from huggingface_hub import snapshot_download
 
-            self.path = snapshot_download(
-                self.repo_id, ignore_patterns=MISTRAL_FORMAT_FILES, tqdm_class=_counter_class(self)
-            )
-            logger.info("pulled %s into %s", self.repo_id, self.path)
+            counter = _counter_class(self)
+            path = snapshot_download(self.repo_id, ignore_patterns=MISTRAL_FORMAT_FILES, tqdm_class=counter)
+            logger.info("pulled %s into %s", self.repo_id, path)
         except Exception as exc:  # every failure is reported to the pullers, with the reason
             logger.warning("pulling %s failed: %s", self.repo_id, exc)
             self.error = download_error(self.repo_id, exc)
