@@ -15,6 +15,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -45,17 +46,16 @@ def mirror(repo_dir: Path) -> Iterator[HubMirror]:
         yield served
 
 
-@pytest.fixture(scope="module")
-def server(mirror: HubMirror, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path]]:
-    """A server process serving the hub id, with an empty cache of its own: (base URL, HF_HOME)."""
-    home = tmp_path_factory.mktemp("hf-home")
+@contextmanager
+def server_process(mirror: HubMirror, home: Path, offline: bool = False) -> Iterator[str]:
+    """`python -m voxtral_local` serving the hub id, pulling from `mirror` into the cache under `home`."""
     port = free_port()
     env = {
         **os.environ,
         "PYTHONPATH": str(ROOT),
         "HF_ENDPOINT": mirror.url,
         "HF_HOME": str(home),
-        "HF_HUB_OFFLINE": "0",
+        "HF_HUB_OFFLINE": "1" if offline else "0",
         "VOXTRAL_MODEL": REPO,
         "VOXTRAL_PORT": str(port),
         "VOXTRAL_LOG_LEVEL": "warning",
@@ -72,10 +72,18 @@ def server(mirror: HubMirror, tmp_path_factory: pytest.TempPathFactory) -> Itera
                 if process.poll() is not None or time.monotonic() > deadline:
                     raise RuntimeError("the server process did not start") from None
                 time.sleep(0.1)
-        yield url, home
+        yield url
     finally:
         process.terminate()
         process.wait(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def server(mirror: HubMirror, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path]]:
+    """A server process with an empty cache of its own: (base URL, HF_HOME)."""
+    home = tmp_path_factory.mktemp("hf-home")
+    with server_process(mirror, home) as url:
+        yield url, home
 
 
 @pytest.fixture
@@ -226,6 +234,18 @@ def test_a_repository_the_hub_does_not_have(fresh: str, mirror: HubMirror, repo_
     last = json.loads(events[-1])
     assert last["error"]["code"] == "model_download_failed" and "no such repository" in last["error"]["message"]
     assert httpx.get(f"{fresh}/health").json()["status"] == "healthy"
+
+
+def test_offline_mode_says_so_and_touches_no_network(mirror: HubMirror, tmp_path: Path) -> None:
+    mirror.requests.clear()
+    with server_process(mirror, tmp_path, offline=True) as url:
+        response = httpx.post(f"{url}/v1/models/pull", json={"stream": False}, timeout=60)
+        healthy = httpx.get(f"{url}/health").json()
+    assert response.status_code == 502
+    error = response.json()["error"]
+    assert error["code"] == "model_download_failed" and "HF_HUB_OFFLINE" in error["message"]
+    assert mirror.requests == []
+    assert healthy["status"] == "healthy" and healthy["model_available"] is False
 
 
 @pytest.mark.parametrize(
