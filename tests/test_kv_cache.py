@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +14,7 @@ from transformers.cache_utils import DynamicLayer
 from voxtral_local.audio import SAMPLE_RATE
 from voxtral_local.config import Settings
 from voxtral_local.engine import VoxtralEngine
+from voxtral_local.engine.decoding import DecodeBatch
 from voxtral_local.engine.generation import Sampling
 from voxtral_local.engine.kv_cache import RoomyLayer, layout, roomy_cache
 from voxtral_local.engine.prompts import transcription_inputs
@@ -46,6 +49,69 @@ def test_layout_right_aligns_rows_of_different_lengths() -> None:
     assert out.shape == (3, 2, 7, 4)
     assert torch.equal(out[0, :, 2:4], short[0]) and torch.equal(out[0, :, :2], torch.zeros(2, 2, 4))
     assert torch.equal(out[1:, :, :4], long)
+
+
+def test_layout_of_picked_rows_writes_them_straight_into_place() -> None:
+    rows = states(5, 6, 0)[:, :, 2:]  # a slice, as `keep` passes after dropping padding columns
+    picked = torch.tensor([4, 1, 3])
+    out = layout([rows], length=4, room=3, rows=picked)
+    assert out.shape == (3, 2, 7, 4)
+    assert torch.equal(out[:, :, :4], rows.index_select(0, picked))
+
+
+def test_left_padding_is_zero_even_in_reused_memory() -> None:
+    for _ in range(20):  # freshly freed buffers of the same size come back holding the old values
+        garbage = torch.full((3, 2, 9, 4), float("nan"))
+        del garbage
+        out = layout([states(1, 2, 0), states(2, 5, 1)], length=5, room=4)
+        assert torch.equal(out[0, :, :3], torch.zeros(2, 3, 4))
+
+
+def _resident_bytes(field: str) -> int:
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) * 1024 for line in f if line.startswith(field))
+
+
+def _peak_growth(action: Callable[[], object]) -> int:
+    """How far the process's resident memory rose above where it started while `action` ran (Linux's
+    high-water mark, reset through /proc/self/clear_refs)."""
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+    start = _resident_bytes("VmRSS")
+    action()
+    return _resident_bytes("VmHWM") - start
+
+
+@pytest.mark.skipif(not os.access("/proc/self/clear_refs", os.W_OK), reason="needs Linux's clear_refs")
+def test_rows_joining_and_leaving_need_one_more_layer_not_a_second_cache() -> None:
+    layers, rows, heads, length, dim = 6, 16, 8, 640, 128  # 40 MiB per layer's keys: past glibc's mmap
+    # threshold, so a freed buffer leaves resident memory at once
+
+    def filled(count: int, value: float) -> torch.Tensor:  # row r holds value + r
+        return (
+            (torch.arange(count, dtype=torch.float32).view(count, 1, 1, 1) + value)
+            .expand(count, heads, length, dim)
+            .contiguous()
+        )
+
+    def batch(count: int, first: float) -> DecodeBatch:
+        cache = roomy_cache(
+            [((filled(count, first + 100 * i),), (filled(count, first + 100 * i + 50),)) for i in range(layers)], 0
+        )
+        return DecodeBatch(cache, torch.ones(count, length, dtype=torch.long), torch.full((count,), length))
+
+    big, joining = batch(rows, 0), batch(2, 1000)
+    layer_bytes = 2 * (rows + 2) * heads * length * dim * 4  # one layer of the merged cache (a second cache: 6)
+    first, last, joined = (
+        layer.keys.clone() for layer in (big.cache.layers[0], big.cache.layers[5], joining.cache.layers[0])
+    )
+
+    assert _peak_growth(lambda: big.merge(joining, room=8)) < 2 * layer_bytes
+    assert torch.equal(big.cache.layers[0].keys[:rows], first)
+    assert torch.equal(big.cache.layers[0].keys[rows:], joined)
+    assert _peak_growth(lambda: big.keep([1, 3, 17], room=8)) < 2 * layer_bytes
+    assert torch.equal(big.cache.layers[5].keys[:2], last[[1, 3]])
+    assert torch.equal(big.cache.layers[0].keys[2], joined[1])
 
 
 @pytest.fixture(scope="module")

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from .generation import Sampling
-from .kv_cache import RoomyLayer, roomy_cache
+from .kv_cache import RoomyLayer, handed_over, roomy_cache
 
 # On a CPU the audio encoder runs ~15 % faster per 30 s window two windows at a time than eight (its
 # activations stay in cache); an accelerator takes every window of a prefill at once.
@@ -92,7 +92,7 @@ class DecodeBatch:
             for layer in layers:
                 layer.reserve(room)
         else:
-            self.cache = roomy_cache((((layer.keys,), (layer.values,)) for layer in layers), room)
+            self.cache = roomy_cache((((layer.keys,), (layer.values,)) for layer in handed_over(self.cache)), room)
 
     def merge(self, other: DecodeBatch, room: int = 0) -> None:
         """Append `other`'s rows (after this batch's), left-padding whichever cache is shorter."""
@@ -100,7 +100,7 @@ class DecodeBatch:
         self.cache = roomy_cache(
             (
                 ((mine.keys, theirs.keys), (mine.values, theirs.values))
-                for mine, theirs in zip(self.cache.layers, other.cache.layers, strict=True)
+                for mine, theirs in zip(handed_over(self.cache), handed_over(other.cache), strict=True)
             ),
             room,
         )
@@ -115,14 +115,9 @@ class DecodeBatch:
         used = mask.any(dim=0).nonzero()
         start = int(used[0]) if used.numel() else mask.shape[1]
         self.cache = roomy_cache(
-            (
-                (
-                    (layer.keys.index_select(0, index)[:, :, start:],),
-                    (layer.values.index_select(0, index)[:, :, start:],),
-                )
-                for layer in self.cache.layers
-            ),
+            (((layer.keys[:, :, start:],), (layer.values[:, :, start:],)) for layer in handed_over(self.cache)),
             room,
+            rows=index,
         )
         self.mask = mask[:, start:]
         self.positions = self.positions.index_select(0, index)

@@ -9,7 +9,7 @@ join or leave (which copies anyway) or when the room runs out.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 import torch
@@ -63,26 +63,52 @@ class RoomyLayer(DynamicLayer):
         return self.length
 
 
-def layout(pieces: Sequence[torch.Tensor], length: int, room: int) -> torch.Tensor:
+def layout(pieces: Sequence[torch.Tensor], length: int, room: int, rows: torch.Tensor | None = None) -> torch.Tensor:
     """Stack (rows, heads, n, dim) pieces along rows, each right-aligned to `length` (zeros before it, as
-    left padding), with `room` spare columns after."""
+    left padding), with `room` spare columns after; with `rows`, only those rows of the one piece given.
+
+    Each element is written once: the pieces are copied straight into place (the rows picked by an index
+    too), only left padding is zeroed, and the room is left as allocated, since a step writes each of its
+    columns before any is read."""
     first = pieces[0]
-    rows = sum(int(p.shape[0]) for p in pieces)
-    out = first.new_zeros(rows, first.shape[1], length + room, first.shape[3])
+    count = int(rows.numel()) if rows is not None else sum(int(p.shape[0]) for p in pieces)
+    out = first.new_empty(count, first.shape[1], length + room, first.shape[3])
     start = 0
     for piece in pieces:
-        end = start + int(piece.shape[0])
-        out[start:end, :, length - piece.shape[2] : length] = piece
+        end = start + (count if rows is not None else int(piece.shape[0]))
+        pad = length - int(piece.shape[2])
+        out[start:end, :, :pad] = 0  # never attended to, but must be finite: 0 x NaN is NaN
+        target = out[start:end, :, pad:length]
+        if rows is None:
+            target.copy_(piece)
+        elif torch.index_select(piece, 0, rows, out=target).data_ptr() != target.data_ptr():
+            target.copy_(piece.index_select(0, rows))  # a backend that would not write into the view
         start = end
     return out
 
 
-def roomy_cache(layers: Iterable[tuple[Sequence[torch.Tensor], Sequence[torch.Tensor]]], room: int) -> DynamicCache:
-    """A cache whose layer i stacks the key pieces and value pieces given for it (see `layout`)."""
+def roomy_cache(
+    layers: Iterable[tuple[Sequence[torch.Tensor], Sequence[torch.Tensor]]],
+    room: int,
+    rows: torch.Tensor | None = None,
+) -> DynamicCache:
+    """A cache whose layer i stacks the key pieces and value pieces given for it (see `layout`; `rows`: keep
+    only these rows of each layer's one piece). Layers are built one at a time as `layers` yields them, so a
+    caller that lets go of each old layer as it hands it over (see `handed_over`) needs room for one more
+    layer, not for a second cache."""
     built = []
     for keys, values in layers:
         length = max(int(k.shape[2]) for k in keys)
-        built.append(RoomyLayer(layout(keys, length, room), layout(values, length, room), length))
+        built.append(RoomyLayer(layout(keys, length, room, rows), layout(values, length, room, rows), length))
     cache = DynamicCache()
     cache.layers, cache.layer_class_to_replicate = built, None
     return cache
+
+
+def handed_over(cache: DynamicCache) -> Iterator[DynamicLayer]:
+    """The cache's layers in turn, each dropped from the cache as it is handed out: the cache is used up,
+    and an old layer is freed as soon as its replacement is built."""
+    layers = cache.layers
+    for i in range(len(layers)):
+        layer, layers[i] = layers[i], None
+        yield layer
