@@ -100,7 +100,8 @@ class ModelPullRequest(BaseModel):
 
 class ModelPullStatus(BaseModel):
     """Progress of a pull (each streamed event) and its outcome (the last event, or the plain response).
-    Bytes and files count what needed downloading; a model already complete needs nothing."""
+    Bytes count what needed downloading (a model already complete needs none); files count the model's
+    files, checked or downloaded."""
 
     status: Literal["pulling", "downloading", "success"]
     model: str

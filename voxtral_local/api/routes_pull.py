@@ -16,7 +16,7 @@ from ..errors import InvalidRequestError, ModelUnavailableError
 from ..model_download import Download, PullProgress
 from ..protocol import ModelPullRequest, ModelPullStatus
 from . import sse
-from .deps import DownloaderDep, SettingsDep
+from .deps import DownloaderDep, EngineDep, SettingsDep
 from .forms import check_model
 
 router = APIRouter()
@@ -25,6 +25,7 @@ router = APIRouter()
 @router.post("/v1/models/pull", response_model=None)
 async def pull_model(
     settings: SettingsDep,
+    engine: EngineDep,
     downloader: DownloaderDep,
     params: Annotated[ModelPullRequest | None, Body()] = None,
 ) -> ModelPullStatus | StreamingResponse:
@@ -33,7 +34,7 @@ async def pull_model(
     params = params or ModelPullRequest()
     name = _named_model(params, settings)
     if settings.model_is_local:
-        return _local_status(settings, name)
+        return _local_status(settings, name, present=engine.is_downloaded())
     download = downloader.start()
     if params.stream:
         return StreamingResponse(_events(download, name), media_type="text/event-stream", headers=sse.STREAM_HEADERS)
@@ -84,16 +85,15 @@ def _named_model(params: ModelPullRequest, settings: Settings) -> str:
     return name
 
 
-def _local_status(settings: Settings, name: str) -> ModelPullStatus:
+def _local_status(settings: Settings, name: str, *, present: bool) -> ModelPullStatus:
     """A checkpoint directory has nothing to pull: it is there (success) or it is not (503, with what to do)."""
-    directory = Path(settings.model).expanduser()
-    if not (directory / "config.json").is_file():
+    if not present:
         raise ModelUnavailableError(
             f"The model directory '{settings.model}' does not exist or holds no config.json. A local directory "
             "is not pulled: copy the checkpoint there (for example with `hf download <repo> --local-dir "
             f"{settings.model}`), or set VOXTRAL_MODEL to a hub id to pull it."
         )
-    files = sum(1 for path in directory.iterdir() if path.is_file())
+    files = sum(1 for path in Path(settings.model).expanduser().iterdir() if path.is_file())
     return _status("success", name, PullProgress(files_completed=files, files_total=files))
 
 
