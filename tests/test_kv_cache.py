@@ -114,10 +114,12 @@ def test_rows_joining_and_leaving_need_one_more_layer_not_a_second_cache() -> No
     assert torch.equal(big.cache.layers[0].keys[2], joined[1])
 
 
-@pytest.fixture(scope="module")
-def engine(tiny_model_dir: Path) -> VoxtralEngine:
-    engine = VoxtralEngine(Settings(_env_file=None, model=str(tiny_model_dir)))
+@pytest.fixture(scope="module", params=["float32", "bfloat16"])
+def engine(tiny_model_dir: Path, request: pytest.FixtureRequest) -> VoxtralEngine:
+    """The engine in float32 (a CPU's default) and in bfloat16 (a GPU's: its casts run here too)."""
+    engine = VoxtralEngine(Settings(_env_file=None, model=str(tiny_model_dir), dtype=request.param))
     engine.load()
+    assert engine.model.dtype == getattr(torch, request.param)
     return engine
 
 
