@@ -293,6 +293,18 @@ def test_a_local_checkpoint_has_nothing_to_pull(base_url: str, tiny_model_dir: P
     }
 
 
+def test_pull_is_post_only(base_url: str) -> None:
+    response = httpx.get(f"{base_url}/v1/models/pull")
+    assert response.status_code == 405 and response.headers["allow"] == "POST"
+    assert response.json()["error"] == {
+        "message": "Method Not Allowed",
+        "type": "invalid_request_error",
+        "param": None,
+        "code": "method_not_allowed",
+    }
+    assert httpx.get(f"{base_url}/v1/models/voxtral-tiny").status_code == 200  # the model route still answers
+
+
 def test_a_missing_local_checkpoint_is_a_503_that_says_what_to_do(tmp_path: Path) -> None:
     missing = tmp_path / "not-there"
     with running_server(model=str(missing)) as url:

@@ -225,6 +225,7 @@ def test_unknown_route_and_method_use_the_error_envelope(base_url: str) -> None:
     assert missing.status_code == 404 and missing.json()["error"]["code"] == "not_found"
     wrong = httpx.get(f"{base_url}/v1/audio/transcriptions")
     assert wrong.status_code == 405 and wrong.json()["error"]["type"] == "invalid_request_error"
+    assert wrong.headers["allow"] == "POST"
 
 
 def test_a_multi_megabyte_upload_gives_the_transcript_of_its_bytes(

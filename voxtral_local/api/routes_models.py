@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from fastapi import APIRouter
+from starlette.exceptions import HTTPException
 
 from ..config import Settings
 from ..engine import VoxtralEngine
@@ -33,7 +34,10 @@ async def list_models(settings: SettingsDep, engine: EngineDep) -> ModelList:
 
 @router.get("/v1/models/{model_id:path}")
 async def retrieve_model(model_id: str, settings: SettingsDep, engine: EngineDep) -> Model:
-    """One model by id (or alias); 404 for any other name."""
+    """One model by id (or alias); 404 for any other name, and 405 for `pull` (which this path would
+    otherwise take for a model's name)."""
+    if model_id == "pull" and model_id not in settings.accepted_model_names:
+        raise HTTPException(405, "Method Not Allowed", headers={"Allow": "POST"})
     if model_id not in settings.accepted_model_names:
         raise ModelNotFoundError(model_id, settings.model_name)
     return describe_model(settings, engine)
