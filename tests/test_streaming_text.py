@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from voxtral_local.streaming import OrderedText
+from voxtral_local.streaming import OrderedText, TextDelta
 
 EOS = 2
 
@@ -28,12 +28,17 @@ def tekken(tiny_model_dir: Path) -> tuple[Callable[[str], list[int]], Callable[[
     return encode, decode
 
 
-def step(assembler: OrderedText, tokens: list[int]) -> list[str]:
+def logprob_of(index: int, token: int) -> float:
+    """A made-up logprob that tells rows and tokens apart."""
+    return -index - (token % 97) / 100
+
+
+def step(assembler: OrderedText, tokens: list[int]) -> list[TextDelta]:
     """One decoding step of a batch: row i chose tokens[i]; the deltas it gave."""
-    return [delta for index, token in enumerate(tokens) for delta in assembler.push(index, token)]
+    return [d for index, token in enumerate(tokens) for d in assembler.push(index, token, logprob_of(index, token))]
 
 
-def run_steps(assembler: OrderedText, rows: list[list[int]]) -> list[list[str]]:
+def run_steps(assembler: OrderedText, rows: list[list[int]]) -> list[list[TextDelta]]:
     """Feed the rows step by step (EOS after each, pad after that); the deltas after each step."""
     padded = [[*row, EOS] for row in rows]
     steps = max(len(row) for row in padded)
@@ -68,6 +73,19 @@ def test_later_rows_wait_for_earlier_ones_then_follow_in_order(tekken) -> None:
     assert assembler.finish(["First chunk is long and keeps going on.", "Second.", "Third one."]) == []
 
 
+def test_each_token_comes_with_the_first_delta_that_shows_it(tekken) -> None:
+    encode, decode = tekken
+    rows = [encode("First chunk is long and keeps going on."), encode("Second."), encode("Third one.")]
+    assembler = OrderedText(decode, eos_token_id=EOS, caps=[100, 100, 100])
+    deltas = [d for step in run_steps(assembler, rows) for d in step]
+    deltas += assembler.finish([decode(row).strip() for row in rows])
+    assert [t for d in deltas for t in d.token_ids] == rows[0] + rows[1] + rows[2]  # each once, in order
+    expected = [logprob_of(i, t) for i, row in enumerate(rows) for t in row]
+    assert [lp for d in deltas for lp in d.logprobs] == expected
+    live = deltas[: next(i for i, d in enumerate(deltas) if "Second" in d)]
+    assert len(live) > 3 and all(decode(list(d.token_ids)).strip() == d.strip() for d in live)
+
+
 def test_empty_rows_add_no_separator(tekken) -> None:
     encode, decode = tekken
     assembler = OrderedText(decode, eos_token_id=EOS, caps=[100, 100, 100])
@@ -91,7 +109,7 @@ def test_stop_strings_never_leak_into_deltas(tekken) -> None:
     assembler = OrderedText(decode, eos_token_id=EOS, caps=[100], stop=("STOP",))
     streamed = ""
     for token in tokens:
-        streamed += "".join(assembler.push(0, token))
+        streamed += "".join(assembler.push(0, token, -0.5))
         if "STOP" in decode(tokens[: tokens.index(token) + 1]):
             break
     assert "S" not in streamed.replace("Keep this part.", "")

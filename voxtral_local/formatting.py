@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
 from .languages import language_name
 from .protocol import (
+    Logprob,
     ResponseFormat,
     Transcription,
     TranscriptionSegment,
@@ -18,6 +20,7 @@ from .protocol import (
 from .transcription import Segment, TranscriptionResult
 
 Task = Literal["transcribe", "translate"]
+TokenBytes = Callable[[Sequence[int]], list[bytes]]  # each token's bytes (the engine's `token_bytes`)
 
 MEDIA_TYPES: dict[str, str] = {
     "json": "application/json",
@@ -29,12 +32,15 @@ MEDIA_TYPES: dict[str, str] = {
 
 
 def render(
-    result: TranscriptionResult, response_format: ResponseFormat, task: Task = "transcribe"
+    result: TranscriptionResult,
+    response_format: ResponseFormat,
+    task: Task = "transcribe",
+    logprobs: list[Logprob] | None = None,
 ) -> tuple[str | dict[str, Any], str]:
-    """The body (a dict for JSON formats, else text) and its media type."""
+    """The body (a dict for JSON formats, else text) and its media type; `logprobs` go into `json`."""
     media_type = MEDIA_TYPES[response_format]
     if response_format == "json":
-        return _json(result), media_type
+        return _json(result, logprobs), media_type
     if response_format == "verbose_json":
         return _verbose_json(result, task), media_type
     if response_format == "srt":
@@ -49,9 +55,29 @@ def usage(result: TranscriptionResult) -> UsageDuration:
     return UsageDuration(seconds=math.ceil(result.duration))
 
 
-def _json(result: TranscriptionResult) -> dict[str, Any]:
-    body = Transcription(text=result.text, usage=usage(result), truncated_segments=result.truncated_segments or None)
+def _json(result: TranscriptionResult, logprobs: list[Logprob] | None) -> dict[str, Any]:
+    body = Transcription(
+        text=result.text,
+        logprobs=logprobs,
+        usage=usage(result),
+        truncated_segments=result.truncated_segments or None,
+    )
     return body.model_dump(exclude_none=True)
+
+
+def token_logprobs(token_ids: Sequence[int], logprobs: Sequence[float], token_bytes: TokenBytes) -> list[Logprob]:
+    """OpenAI's logprob entries of these tokens: text (undecodable bytes as U+FFFD), bytes, logprob."""
+    pieces = token_bytes(token_ids)
+    return [
+        Logprob(token=piece.decode("utf-8", errors="replace"), bytes=list(piece), logprob=logprob)
+        for piece, logprob in zip(pieces, logprobs, strict=True)
+    ]
+
+
+def transcript_logprobs(result: TranscriptionResult, token_bytes: TokenBytes) -> list[Logprob]:
+    """Every generated token of the transcript, segment after segment."""
+    ids = [token for segment in result.segments for token in segment.tokens]
+    return token_logprobs(ids, [lp for segment in result.segments for lp in segment.logprobs], token_bytes)
 
 
 def token_usage(result: TranscriptionResult) -> UsageTokens:

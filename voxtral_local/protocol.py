@@ -8,6 +8,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 ResponseFormat = Literal["json", "text", "srt", "vtt", "verbose_json"]
 TimestampGranularity = Literal["segment", "word"]
+TranscriptionInclude = Literal["logprobs"]
 
 
 class TranscriptionCreateParams(BaseModel):
@@ -23,6 +24,7 @@ class TranscriptionCreateParams(BaseModel):
     timestamp_granularities: list[TimestampGranularity] = Field(default_factory=list)
     stream: bool = False
     chunking_strategy: Literal["auto"] | None = None
+    include: list[TranscriptionInclude] = Field(default_factory=list)
 
 
 class UsageDuration(BaseModel):
@@ -32,10 +34,19 @@ class UsageDuration(BaseModel):
     seconds: int
 
 
+class Logprob(BaseModel):
+    """`openai.types.audio.transcription.Logprob`: one generated token (`include[]=logprobs`)."""
+
+    token: str
+    bytes: list[int]
+    logprob: float
+
+
 class Transcription(BaseModel):
     """`openai.types.audio.Transcription` (`response_format=json`)."""
 
     text: str
+    logprobs: list[Logprob] | None = None
     usage: UsageDuration
     truncated_segments: list[int] | None = Field(
         None, description="Extension: ids of segments whose generation hit the token cap."
@@ -170,6 +181,7 @@ class TranscriptionTextDeltaEvent(BaseModel):
 
     type: Literal["transcript.text.delta"] = "transcript.text.delta"
     delta: str
+    logprobs: list[Logprob] | None = None
 
 
 class TranscriptionTextDoneEvent(BaseModel):
@@ -177,6 +189,7 @@ class TranscriptionTextDoneEvent(BaseModel):
 
     type: Literal["transcript.text.done"] = "transcript.text.done"
     text: str
+    logprobs: list[Logprob] | None = None
     usage: UsageTokens
 
 

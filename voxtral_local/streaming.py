@@ -3,7 +3,8 @@
 Row 0 (the first chunk) is streamed live, token by token. A later row's text is held until every row
 before it has finished and been sent, then flushed and streamed live in turn. The deltas joined are
 exactly the final transcript: chunk texts stripped and joined by single spaces. Rows may be added while
-the first ones stream (`add_rows`: the rest of a long upload, decoded meanwhile).
+the first ones stream (`add_rows`: the rest of a long upload, decoded meanwhile). Each delta also carries the
+tokens (and their logprobs) whose text it is the first to show.
 """
 
 from __future__ import annotations
@@ -12,6 +13,18 @@ import threading
 from collections.abc import Callable, Sequence
 
 REPLACEMENT = "\ufffd"  # an incomplete UTF-8 sequence at the end of the decoded bytes so far
+
+
+class TextDelta(str):
+    """A piece of streamed text (a `str`), with the tokens first shown in it and their logprobs."""
+
+    token_ids: tuple[int, ...]
+    logprobs: tuple[float, ...]
+
+    def __new__(cls, text: str, token_ids: Sequence[int] = (), logprobs: Sequence[float] = ()) -> TextDelta:
+        delta = super().__new__(cls, text)
+        delta.token_ids, delta.logprobs = tuple(token_ids), tuple(logprobs)
+        return delta
 
 
 class RowText:
@@ -23,11 +36,14 @@ class RowText:
         # characters kept back because they could be the start of a stop string
         self.hold_back = max((len(s) for s in self.stop), default=1) - 1
         self.tokens: list[int] = []
+        self.logprobs: list[float] = []
+        self.reported = 0  # tokens already attached to a delta
         self.sent = ""
 
-    def push(self, token: int) -> str:
+    def push(self, token: int, logprob: float) -> str:
         """Add a token; return newly visible text."""
         self.tokens.append(token)
+        self.logprobs.append(logprob)
         text = self.decode(self.tokens).lstrip()
         cuts = [text.find(s) for s in self.stop if s in text]
         if cuts:
@@ -39,6 +55,11 @@ class RowText:
     def finish(self, final: str) -> str:
         """The rest of the row, given its final (stripped, stop-trimmed) text."""
         return self._advance(final)
+
+    def unreported(self) -> tuple[list[int], list[float]]:
+        """The tokens (and logprobs) not yet attached to a delta, now marked attached."""
+        start, self.reported = self.reported, len(self.tokens)
+        return self.tokens[start:], self.logprobs[start:]
 
     def _advance(self, text: str) -> str:
         if not text.startswith(self.sent) or len(text) <= len(self.sent):
@@ -65,7 +86,7 @@ class OrderedText:
         self.done: list[bool] = []
         self.eos_token_id = eos_token_id
         self.current = 0
-        self.emitted: list[str] = []
+        self.emitted: list[TextDelta] = []
         self._lock = threading.Lock()  # tokens come from the decoder's thread, rows from the producer's
         self.add_rows(caps)
 
@@ -81,20 +102,20 @@ class OrderedText:
         """Everything emitted so far."""
         return "".join(self.emitted)
 
-    def push(self, index: int, token: int) -> list[str]:
+    def push(self, index: int, token: int, logprob: float) -> list[TextDelta]:
         """Row `index` chose `token`; returns the deltas to send now (none for a row already done)."""
         with self._lock:
-            return self._push(index, token)
+            return self._push(index, token, logprob)
 
-    def _push(self, index: int, token: int) -> list[str]:
-        out: list[str] = []
+    def _push(self, index: int, token: int, logprob: float) -> list[TextDelta]:
+        out: list[TextDelta] = []
         if self.done[index]:
             return out
         row = self.rows[index]
         if token == self.eos_token_id:
             self.done[index] = True
         else:
-            delta = row.push(token)
+            delta = row.push(token, logprob)
             if index == self.current:
                 self._emit(out, delta)
             if len(row.tokens) >= self.caps[index]:
@@ -102,24 +123,24 @@ class OrderedText:
         self._advance(out, final_texts=None)
         return out
 
-    def forward_to(self, on_delta: Callable[[str], None]) -> Callable[[int, int], None]:
-        """A token callback (row, token) that passes each new delta to `on_delta`."""
+    def forward_to(self, on_delta: Callable[[str], None]) -> Callable[[int, int, float], None]:
+        """A token callback (row, token, logprob) that passes each new delta (a `TextDelta`) to `on_delta`."""
 
-        def on_token(index: int, token: int) -> None:
-            for delta in self.push(index, token):
+        def on_token(index: int, token: int, logprob: float) -> None:
+            for delta in self.push(index, token, logprob):
                 on_delta(delta)
 
         return on_token
 
-    def finish(self, final_texts: Sequence[str]) -> list[str]:
+    def finish(self, final_texts: Sequence[str]) -> list[TextDelta]:
         """Flush every row with its final text; returns the remaining deltas."""
-        out: list[str] = []
+        out: list[TextDelta] = []
         with self._lock:
             self.done = [True] * len(self.rows)
             self._advance(out, final_texts)
         return out
 
-    def _advance(self, out: list[str], final_texts: Sequence[str] | None) -> None:
+    def _advance(self, out: list[TextDelta], final_texts: Sequence[str] | None) -> None:
         while self.current < len(self.rows) and self.done[self.current]:
             row = self.rows[self.current]
             if final_texts is not None:
@@ -132,12 +153,13 @@ class OrderedText:
             if self.current < len(self.rows):
                 self._emit(out, self.rows[self.current].sent, fresh=True)
 
-    def _emit(self, out: list[str], delta: str, fresh: bool = False) -> None:
-        if not delta:
+    def _emit(self, out: list[TextDelta], text: str, fresh: bool = False) -> None:
+        if not text:
             return
         row = self.rows[self.current]
-        starts_row = fresh or len(row.sent) == len(delta)
+        starts_row = fresh or len(row.sent) == len(text)
         if starts_row and self.emitted:
-            delta = " " + delta
+            text = " " + text
+        delta = TextDelta(text, *row.unreported())
         self.emitted.append(delta)
         out.append(delta)

@@ -30,6 +30,7 @@ class Segment:
     end: float
     text: str
     tokens: list[int]
+    logprobs: list[float]  # of each of `tokens`
     avg_logprob: float
     compression_ratio: float
     no_speech_prob: float
@@ -193,6 +194,7 @@ class TranscriptionService:
                 end=round(chunk.end_s, 3),
                 text=out.text,
                 tokens=out.token_ids,
+                logprobs=out.logprobs,
                 avg_logprob=out.avg_logprob,
                 compression_ratio=compression_ratio(out.text),
                 no_speech_prob=out.no_speech_prob,

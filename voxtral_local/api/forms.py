@@ -18,7 +18,7 @@ from ..errors import InvalidRequestError, ModelNotFoundError
 from ..protocol import TranscriptionCreateParams
 from .errors import validation_to_domain
 
-LIST_FIELDS = frozenset({"timestamp_granularities"})
+LIST_FIELDS = frozenset({"timestamp_granularities", "include"})
 P = TypeVar("P", bound=BaseModel)
 
 
@@ -111,6 +111,12 @@ def check_transcription_options(params: TranscriptionCreateParams) -> None:
         raise InvalidRequestError(
             "timestamp_granularities needs response_format 'verbose_json' (or 'srt'/'vtt').",
             param="timestamp_granularities",
+            code="unsupported_value",
+        )
+    if "logprobs" in params.include and params.response_format != "json":
+        raise InvalidRequestError(
+            "include[]=logprobs needs response_format 'json' (as OpenAI's API).",
+            param="include",
             code="unsupported_value",
         )
     if params.stream and params.response_format not in ("json", "text"):

@@ -9,15 +9,17 @@ from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
-from ..formatting import Task, render, token_usage
+from ..formatting import Task, TokenBytes, render, token_logprobs, token_usage, transcript_logprobs
 from ..languages import normalize_language
 from ..protocol import (
+    Logprob,
     ResponseFormat,
     TranscriptionCreateParams,
     TranscriptionTextDeltaEvent,
     TranscriptionTextDoneEvent,
     TranslationCreateParams,
 )
+from ..streaming import TextDelta
 from ..transcription import TranscriptionResult
 from . import sse
 from .background import Delta, Done, run_until_disconnect, stream_deltas
@@ -38,6 +40,7 @@ async def create_transcription(request: Request, settings: SettingsDep, service:
         language = normalize_language(params.language)
         data = upload_bytes(upload)
     headers = {"X-Voxtral-Ignored-Fields": "prompt"} if params.prompt else {}
+    token_bytes = service.engine.token_bytes if "logprobs" in params.include else None
     # Only the head of a long upload is decoded before its first chunk goes to the model; the rest meanwhile.
     audio = await run_in_threadpool(service.decode_start, data)
     if params.stream:
@@ -49,13 +52,16 @@ async def create_transcription(request: Request, settings: SettingsDep, service:
             )
 
         return StreamingResponse(
-            _transcript_events(work), media_type="text/event-stream", headers={**sse.STREAM_HEADERS, **headers}
+            _transcript_events(work, token_bytes),
+            media_type="text/event-stream",
+            headers={**sse.STREAM_HEADERS, **headers},
         )
     result = await run_until_disconnect(
         request,
         lambda cancel: service.transcribe(audio, language=language, temperature=params.temperature, cancel=cancel),
     )
-    return _rendered(result, params.response_format, "transcribe", headers)
+    logprobs = None if token_bytes is None else transcript_logprobs(result, token_bytes)
+    return _rendered(result, params.response_format, "transcribe", headers, logprobs)
 
 
 @router.post("/v1/audio/translations", response_model=None)
@@ -80,9 +86,13 @@ async def create_translation(request: Request, settings: SettingsDep, service: T
 
 
 def _rendered(
-    result: TranscriptionResult, response_format: ResponseFormat, task: Task, headers: dict[str, str]
+    result: TranscriptionResult,
+    response_format: ResponseFormat,
+    task: Task,
+    headers: dict[str, str],
+    logprobs: list[Logprob] | None = None,
 ) -> Response:
-    body, media_type = render(result, response_format, task)
+    body, media_type = render(result, response_format, task, logprobs)
     if result.truncated_segments:
         headers = {**headers, "X-Voxtral-Truncated-Segments": ",".join(str(i) for i in result.truncated_segments)}
     if isinstance(body, dict):
@@ -92,14 +102,23 @@ def _rendered(
 
 async def _transcript_events(
     work: Callable[[Callable[[str], None], threading.Event], TranscriptionResult],
+    token_bytes: TokenBytes | None,
 ) -> AsyncIterator[str]:
+    """Delta events, then the done event; with `token_bytes` (include[]=logprobs) each event carries the
+    logprobs of the tokens it is the first to show, and the done event those of every token."""
     sent: list[str] = []
     async for item in stream_deltas(work):
         if isinstance(item, Delta):
             sent.append(item.text)
-            yield sse.event(TranscriptionTextDeltaEvent(delta=item.text))
+            logprobs = None
+            if token_bytes is not None and isinstance(item.text, TextDelta):
+                logprobs = token_logprobs(item.text.token_ids, item.text.logprobs, token_bytes)
+            yield sse.event(TranscriptionTextDeltaEvent(delta=item.text, logprobs=logprobs))
         elif isinstance(item, Done):
             result: TranscriptionResult = item.result
-            yield sse.event(TranscriptionTextDoneEvent(text="".join(sent), usage=token_usage(result)))
+            done_logprobs = None if token_bytes is None else transcript_logprobs(result, token_bytes)
+            yield sse.event(
+                TranscriptionTextDoneEvent(text="".join(sent), logprobs=done_logprobs, usage=token_usage(result))
+            )
         else:
             yield sse.error_event(item.error)

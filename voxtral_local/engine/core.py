@@ -43,6 +43,7 @@ class ChunkOutput:
 
     text: str
     token_ids: list[int]
+    logprobs: list[float]  # of each of `token_ids`
     avg_logprob: float
     no_speech_prob: float
     finish_reason: FinishReason
@@ -169,6 +170,11 @@ class VoxtralEngine:
         for delta in assembler.finish([out.text for out in outputs]):
             on_delta(delta)
         return outputs
+
+    def token_bytes(self, token_ids: Sequence[int]) -> list[bytes]:
+        """Each token's own bytes, as the vocabulary holds them (none for a special token)."""
+        tekken = self.processor.tokenizer.tokenizer.instruct_tokenizer.tokenizer
+        return [tekken.id_to_byte_piece(int(token)) for token in token_ids]
 
     def decode(self, token_ids: list[int]) -> str:
         """Text of generated tokens, special tokens left out."""
@@ -321,6 +327,7 @@ class VoxtralEngine:
         return ChunkOutput(
             text=text.strip(),
             token_ids=row.token_ids,
+            logprobs=row.logprobs[: len(row.token_ids)],
             avg_logprob=float(np.mean(row.logprobs)) if row.logprobs else 0.0,
             no_speech_prob=row.no_speech_prob,
             finish_reason=row.finish_reason,

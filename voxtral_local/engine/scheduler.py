@@ -36,8 +36,8 @@ logger = logging.getLogger(__name__)
 # decoding (and the file's own first chunk, streaming) keep moving while the rest is encoded.
 MAX_PREFILL_WINDOWS = 8
 
-# Called with a row's index in its job and the token it just chose (end of sequence included).
-TokenCallback = Callable[[int, int], None]
+# Called with a row's index in its job, the token it just chose (end of sequence included) and its logprob.
+TokenCallback = Callable[[int, int, float], None]
 
 
 @dataclass(frozen=True)
@@ -352,7 +352,7 @@ class Scheduler:
             row.logprobs.append(choice.logprobs[offset])
             if row.job.on_token is not None and not row.job.done.is_set():
                 try:
-                    row.job.on_token(row.index, token)
+                    row.job.on_token(row.index, token, choice.logprobs[offset])
                 except Exception as exc:  # a broken listener ends its own job only
                     row.job.fail(exc)
             if row.job.done.is_set() or not self._finished(row):
