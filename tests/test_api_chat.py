@@ -138,10 +138,20 @@ def test_stop_strings_end_the_reply_before_them(client: OpenAI) -> None:
     assert text == expected and stop not in text
 
 
-def test_unknown_fields_are_ignored(base_url: str) -> None:
+def test_unknown_fields_are_ignored_and_named(base_url: str) -> None:
     body = {"model": MODEL, "messages": [audio_message()], "max_tokens": 3, "frequency_penalty": 0, "user": "u1",
             "logit_bias": {}, "some_future_option": {"x": 1}}  # fmt: skip
-    assert httpx.post(f"{base_url}/v1/chat/completions", json=body, timeout=60).status_code == 200
+    response = httpx.post(f"{base_url}/v1/chat/completions", json=body, timeout=60)
+    assert response.status_code == 200 and response.json()["choices"][0]["message"]["content"] is not None
+    assert response.headers["x-voxtral-ignored-fields"] == "frequency_penalty,logit_bias,some_future_option,user"
+    with httpx.stream("POST", f"{base_url}/v1/chat/completions", json={**body, "stream": True}, timeout=60) as streamed:
+        assert streamed.status_code == 200 and streamed.headers["content-type"].startswith("text/event-stream")
+        assert streamed.headers["x-voxtral-ignored-fields"] == "frequency_penalty,logit_bias,some_future_option,user"
+        assert streamed.read().decode().rstrip().endswith("data: [DONE]")
+    known = {"model": MODEL, "messages": [audio_message()], "max_tokens": 3, "temperature": 0.0, "seed": 1}
+    assert (
+        "x-voxtral-ignored-fields" not in httpx.post(f"{base_url}/v1/chat/completions", json=known, timeout=60).headers
+    )
 
 
 @pytest.mark.parametrize(

@@ -232,9 +232,10 @@ class StreamOptions(BaseModel):
 
 
 class ChatCompletionCreateParams(BaseModel):
-    """`POST /v1/chat/completions`. Unknown fields are ignored; `audio` and `language` are extensions."""
+    """`POST /v1/chat/completions`. Unknown fields are accepted and not used (`ignored_fields` names them);
+    `audio` and `language` are extensions."""
 
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="allow")
 
     model: str = Field(min_length=1)
     messages: list[ChatCompletionMessageParam] = Field(min_length=1)
@@ -249,6 +250,11 @@ class ChatCompletionCreateParams(BaseModel):
     stream_options: StreamOptions | None = None
     audio: str | None = Field(None, description="Extension (lotti): base64 audio to transcribe.")
     language: str | None = Field(None, description="Extension (lotti): ISO 639-1 language of `audio`.")
+
+    @property
+    def ignored_fields(self) -> list[str]:
+        """The request's fields that this server does not use (any not declared here), sorted."""
+        return sorted(self.model_extra or {})
 
     @field_validator("stop")
     @classmethod

@@ -40,13 +40,16 @@ async def create_chat_completion(
     prepared = await run_in_threadpool(chat.prepare, params)
     completion_id = f"chatcmpl-{uuid.uuid4().hex}"
     created = int(time.time())
+    # Unknown fields are accepted (as OpenAI's clients send many), and named, so that none goes unnoticed.
+    ignored = params.ignored_fields
+    headers = {"X-Voxtral-Ignored-Fields": ",".join(ignored)} if ignored else {}
     if params.stream:
 
         def work(emit: Callable[[str], None], cancel: threading.Event) -> ChatResult:
             return chat.run(prepared, on_delta=emit, cancel=cancel)
 
         events = _chunks(work, prepared, completion_id, created)
-        return StreamingResponse(events, media_type="text/event-stream", headers=sse.STREAM_HEADERS)
+        return StreamingResponse(events, media_type="text/event-stream", headers={**sse.STREAM_HEADERS, **headers})
     result = await run_until_disconnect(request, lambda cancel: chat.run(prepared, cancel=cancel))
     body = ChatCompletion(
         id=completion_id,
@@ -55,7 +58,7 @@ async def create_chat_completion(
         choices=[Choice(message=ChatCompletionMessage(content=result.text), finish_reason=result.finish_reason)],
         usage=_usage(result),
     )
-    return JSONResponse(body.model_dump())
+    return JSONResponse(body.model_dump(), headers=headers)
 
 
 def _usage(result: ChatResult) -> CompletionUsage:
