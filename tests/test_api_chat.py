@@ -178,21 +178,39 @@ def test_unknown_fields_are_ignored_and_named(base_url: str) -> None:
          "messages[0]", "invalid_value"),
         ({"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "language": "en"}, 400, "language",
          "invalid_value"),
+        ([{"model": MODEL}], 400, None, "invalid_body"),
     ],
 )  # fmt: skip
-def test_bad_chat_requests(base_url: str, body: dict[str, Any], status: int, param: str, code: str) -> None:
+def test_bad_chat_requests(base_url: str, body: Any, status: int, param: str | None, code: str) -> None:
     response = httpx.post(f"{base_url}/v1/chat/completions", json=body, timeout=60)
     assert response.status_code == status, response.text
     error = response.json()["error"]
     assert (error["param"], error["code"]) == (param, code)
 
 
-def test_invalid_json_is_400(base_url: str) -> None:
-    response = httpx.post(
-        f"{base_url}/v1/chat/completions", content=b"{not json", headers={"Content-Type": "application/json"}
-    )
+def test_invalid_json_or_no_body_is_400(base_url: str) -> None:
+    url = f"{base_url}/v1/chat/completions"
+    response = httpx.post(url, content=b"{not json", headers={"Content-Type": "application/json"})
     assert response.status_code == 400
-    assert response.json()["error"]["type"] == "invalid_request_error"
+    assert response.json()["error"] == {
+        "message": "The request body is not valid JSON (Expecting property name enclosed in double quotes).",
+        "type": "invalid_request_error",
+        "param": None,
+        "code": "invalid_json",
+    }
+    empty = httpx.post(url)
+    assert empty.status_code == 400
+    assert empty.json()["error"]["message"] == "The request body must be a JSON object."
+
+
+def test_a_conversation_must_start_with_the_user(base_url: str) -> None:
+    body = {"model": MODEL, "messages": [{"role": "assistant", "content": "Hello."}], "max_tokens": 3}
+    response = httpx.post(f"{base_url}/v1/chat/completions", json=body, timeout=60)
+    assert response.status_code == 400, response.text
+    error = response.json()["error"]
+    assert error["param"] == "messages" and "must start with a user message" in error["message"]
+    system_only = {**body, "messages": [{"role": "system", "content": "Be brief."}]}
+    assert httpx.post(f"{base_url}/v1/chat/completions", json=system_only, timeout=60).status_code == 200
 
 
 def test_audio_beyond_forty_minutes_in_one_prompt_is_400(base_url: str) -> None:

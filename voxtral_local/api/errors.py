@@ -44,9 +44,14 @@ def domain_error_response(exc: VoxtralError) -> JSONResponse:
 def validation_to_domain(exc: ValidationError | RequestValidationError) -> InvalidRequestError:
     """The first validation problem as a 400, naming the field."""
     first = exc.errors()[0]
-    loc = [str(part) for part in first.get("loc", ()) if part not in ("body", "query", "path", "header")]
-    param = loc[0] if loc else None
     kind = first.get("type", "")
+    if kind == "json_invalid":
+        reason = first.get("ctx", {}).get("error", "")
+        return InvalidRequestError(f"The request body is not valid JSON ({reason}).", code="invalid_json")
+    loc = [str(part) for part in first.get("loc", ()) if part not in ("body", "query", "path", "header")]
+    if not loc:  # the body as a whole: absent, or not an object
+        return InvalidRequestError("The request body must be a JSON object.", code="invalid_body")
+    param = loc[0]
     if kind == "missing":
         return InvalidRequestError(
             f"Missing required parameter: '{param}'.", param=param, code="missing_required_parameter"

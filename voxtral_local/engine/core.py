@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from mistral_common.exceptions import MistralCommonException
 
 from ..audio import SAMPLE_RATE
 from ..config import Settings
@@ -243,7 +244,7 @@ class VoxtralEngine:
     def _chat_inputs(self, conversations: Sequence[Conversation]) -> list[Inputs]:
         try:
             inputs = chat_inputs(self.processor, conversations)
-        except (ValueError, TypeError, AssertionError) as exc:  # mistral-common's message validation
+        except (ValueError, TypeError, AssertionError, MistralCommonException) as exc:  # mistral-common's checks
             raise InvalidRequestError(f"Invalid messages: {exc}", param="messages") from exc
         return split_rows(inputs, int(self.model.config.audio_token_id))
 
