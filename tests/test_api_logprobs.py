@@ -1,4 +1,5 @@
-"""`include[]=logprobs` on `POST /v1/audio/transcriptions`: plain and streamed, through the OpenAI SDK."""
+"""Logprobs through the OpenAI SDK: transcriptions' `include[]=logprobs` and chat's `logprobs`/`top_logprobs`,
+plain and streamed."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from openai.types.audio import TranscriptionTextDeltaEvent, TranscriptionTextDon
 
 from voxtral_local.testing.audio_files import encode
 
+from .test_api_chat import audio_message
 from .test_chunking import speech_with_gaps
 
 MODEL = "voxtral-tiny"
@@ -99,3 +101,55 @@ def test_logprobs_only_with_json(client: OpenAI, include: list[str], response_fo
         client.audio.transcriptions.create(model=MODEL, file=("a.wav", b"RIFF", "audio/wav"), **request)
     error = caught.value.response.json()["error"]
     assert error["param"] == "include" and error["type"] == "invalid_request_error"
+
+
+CHAT: dict[str, Any] = {"model": MODEL, "messages": [audio_message()], "max_tokens": 12, "temperature": 0.0}
+
+
+def test_chat_logprobs_with_the_most_likely_alternatives(client: OpenAI) -> None:
+    reply = client.chat.completions.create(**CHAT, logprobs=True, top_logprobs=3)
+    choice = reply.choices[0]
+    assert choice.logprobs is not None and choice.logprobs.content is not None and reply.usage is not None
+    content = choice.logprobs.content
+    assert len(content) == reply.usage.completion_tokens == 12
+    for entry in content:
+        assert entry.logprob <= 0 and len(entry.top_logprobs) == 3
+        values = [alt.logprob for alt in entry.top_logprobs]
+        assert values == sorted(values, reverse=True)
+        # greedy: the chosen token is the most likely one
+        assert (entry.top_logprobs[0].token, entry.top_logprobs[0].logprob) == (entry.token, entry.logprob)
+    text = b"".join(bytes(entry.bytes or []) for entry in content).decode("utf-8", "replace")
+    assert text.strip() == choice.message.content
+    assert client.chat.completions.create(**CHAT).choices[0].logprobs is None
+    without_top = client.chat.completions.create(**CHAT, logprobs=True).choices[0].logprobs
+    assert without_top is not None and without_top.content is not None
+    assert [e.token for e in without_top.content] == [e.token for e in content]
+    assert all(e.top_logprobs == [] for e in without_top.content)
+
+
+def test_streamed_chat_chunks_carry_their_tokens_logprobs(client: OpenAI) -> None:
+    plain = client.chat.completions.create(**CHAT, logprobs=True, top_logprobs=2).choices[0].logprobs
+    chunks = list(client.chat.completions.create(**CHAT, logprobs=True, top_logprobs=2, stream=True))
+    streamed = [e for c in chunks if c.choices and c.choices[0].logprobs for e in c.choices[0].logprobs.content or []]
+    assert plain is not None and plain.content is not None
+    assert [(e.token, [a.token for a in e.top_logprobs]) for e in streamed] == [
+        (e.token, [a.token for a in e.top_logprobs]) for e in plain.content
+    ]
+    assert [e.logprob for e in streamed] == pytest.approx([e.logprob for e in plain.content], abs=1e-4)
+    with_text = [c for c in chunks if c.choices and c.choices[0].delta.content]
+    assert len(with_text) > 3 and all(c.choices[0].logprobs is not None for c in with_text)
+
+
+@pytest.mark.parametrize(
+    ("extra", "param"),
+    [
+        ({"top_logprobs": 2}, "top_logprobs"),
+        ({"logprobs": True, "top_logprobs": 21}, "top_logprobs"),
+        ({"logprobs": True, "audio": "UklGRg=="}, "logprobs"),
+    ],
+)
+def test_bad_chat_logprobs_requests(base_url: str, extra: dict[str, Any], param: str) -> None:
+    body = {**CHAT, "messages": [{"role": "user", "content": "Transcribe."}], **extra}
+    response = httpx.post(f"{base_url}/v1/chat/completions", json=body, timeout=60)
+    assert response.status_code == 400, response.text
+    assert response.json()["error"]["param"] == param

@@ -110,7 +110,7 @@ def test_a_short_request_is_not_starved_by_a_long_one(tiny_model_dir: Path, spee
     started = threading.Event()
 
     def long_job() -> None:
-        engine.transcribe(long_audio, language=None, on_token=lambda row, token, logprob: started.set())
+        engine.transcribe(long_audio, language=None, on_token=lambda row, token, logprob, top: started.set())
         finished.append("long")
 
     thread = threading.Thread(target=long_job)
@@ -167,7 +167,7 @@ def test_cancelling_one_request_leaves_the_others_exact(engine: VoxtralEngine, s
     def doomed() -> str:
         try:
             engine.transcribe(
-                long_audio, language=None, on_token=lambda row, token, logprob: cancel.set(), cancel=cancel
+                long_audio, language=None, on_token=lambda row, token, logprob, top: cancel.set(), cancel=cancel
             )
         except GenerationCancelledError:
             return "cancelled"

@@ -5,8 +5,8 @@ from __future__ import annotations
 import base64
 import binascii
 import threading
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import numpy as np
@@ -14,11 +14,17 @@ import numpy as np
 from .audio import decode_audio
 from .config import Settings
 from .engine import VoxtralEngine
-from .engine.generation import Sampling
+from .engine.generation import Alternatives, Sampling
 from .engine.prompts import Conversation, audio_part
 from .errors import AudioTooLongError, InvalidRequestError
 from .languages import language_name, normalize_language
-from .protocol import ChatCompletionContentPartText, ChatCompletionCreateParams, ChatCompletionMessageParam
+from .protocol import (
+    ChatCompletionContentPartText,
+    ChatCompletionCreateParams,
+    ChatCompletionMessageParam,
+    ChatCompletionTokenLogprob,
+    TopLogprob,
+)
 from .transcription import TranscriptionService
 
 # Voxtral understands up to about 40 minutes of audio in one prompt (32k-token context).
@@ -31,12 +37,15 @@ DEFAULT_CHAT_TOP_P = 0.95
 
 @dataclass(frozen=True)
 class ChatResult:
-    """The assistant's reply and its token counts."""
+    """The assistant's reply and its token counts (and its tokens, with their logprobs and alternatives)."""
 
     text: str
     finish_reason: Literal["stop", "length"]
     prompt_tokens: int
     completion_tokens: int
+    token_ids: list[int] = field(default_factory=list)
+    logprobs: list[float] = field(default_factory=list)
+    top: list[Alternatives] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -75,6 +84,14 @@ class ChatService:
 
     def prepare(self, params: ChatCompletionCreateParams) -> PreparedChat:
         """Validate and decode (blocking). Raises InvalidRequestError for anything the model cannot take."""
+        if params.top_logprobs and not params.logprobs:
+            raise InvalidRequestError("'top_logprobs' needs 'logprobs': true.", param="top_logprobs")
+        if params.logprobs and params.audio is not None:
+            raise InvalidRequestError(
+                "'logprobs' is not available with the 'audio' extension; the transcription endpoint's "
+                "include[]=logprobs gives them per token.",
+                param="logprobs",
+            )
         if params.audio is not None:
             return self._prepare_recording(params)
         language = normalize_language(params.language)
@@ -115,7 +132,10 @@ class ChatService:
         top_p = (
             params.top_p if params.top_p is not None else (DEFAULT_CHAT_TOP_P if params.temperature is None else 1.0)
         )
-        sampling = Sampling(temperature=temperature, top_p=top_p, seed=params.seed, stop=stop)
+        top_logprobs = (params.top_logprobs or 0) if params.logprobs else 0
+        sampling = Sampling(
+            temperature=temperature, top_p=top_p, seed=params.seed, stop=stop, top_logprobs=top_logprobs
+        )
         out = self.engine.chat_one(
             prepared.conversation,
             max_new_tokens=max_new,
@@ -128,6 +148,9 @@ class ChatService:
             finish_reason="length" if out.hit_cap else "stop",
             prompt_tokens=out.prompt_tokens,
             completion_tokens=len(out.token_ids),
+            token_ids=out.token_ids,
+            logprobs=out.logprobs,
+            top=out.top,
         )
 
     def _prepare_recording(self, params: ChatCompletionCreateParams) -> PreparedChat:
@@ -219,3 +242,29 @@ def _fold_system_into_first_user(conversation: Conversation) -> Conversation:
             message["content"] = [{"type": "text", "text": system_text}, *parts]
             break
     return rest
+
+
+def logprob_content(
+    token_ids: Sequence[int],
+    logprobs: Sequence[float],
+    top: Sequence[Alternatives],
+    token_bytes: Callable[[Sequence[int]], list[bytes]],
+) -> list[ChatCompletionTokenLogprob]:
+    """OpenAI's `logprobs.content` for these tokens: each one's text, bytes and logprob, and the step's most
+    likely tokens (none where `top_logprobs` was not asked for)."""
+    tops = list(top) or [()] * len(token_ids)
+    everything = [*token_ids, *(alt for step in tops for alt, _ in step)]
+    pieces = dict(zip(everything, token_bytes(everything), strict=True))
+
+    def text(token: int) -> str:
+        return pieces[token].decode("utf-8", errors="replace")
+
+    return [
+        ChatCompletionTokenLogprob(
+            token=text(token),
+            bytes=list(pieces[token]),
+            logprob=logprob,
+            top_logprobs=[TopLogprob(token=text(alt), bytes=list(pieces[alt]), logprob=value) for alt, value in step],
+        )
+        for token, logprob, step in zip(token_ids, logprobs, tops, strict=True)
+    ]

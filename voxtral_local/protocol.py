@@ -246,6 +246,8 @@ class ChatCompletionCreateParams(BaseModel):
     stop: str | list[str] | None = None
     seed: int | None = None
     n: int | None = Field(None, ge=1, le=1)
+    logprobs: bool | None = None
+    top_logprobs: int | None = Field(None, ge=0, le=20)
     stream: bool = False
     stream_options: StreamOptions | None = None
     audio: str | None = Field(None, description="Extension (lotti): base64 audio to transcribe.")
@@ -273,6 +275,30 @@ class CompletionUsage(BaseModel):
     total_tokens: int
 
 
+class TopLogprob(BaseModel):
+    """`openai.types.chat.chat_completion_token_logprob.TopLogprob`."""
+
+    token: str
+    bytes: list[int]
+    logprob: float
+
+
+class ChatCompletionTokenLogprob(BaseModel):
+    """`openai.types.chat.ChatCompletionTokenLogprob`: a generated token and the step's most likely ones."""
+
+    token: str
+    bytes: list[int]
+    logprob: float
+    top_logprobs: list[TopLogprob]
+
+
+class ChoiceLogprobs(BaseModel):
+    """`openai.types.chat.chat_completion.ChoiceLogprobs` (and a chunk's)."""
+
+    content: list[ChatCompletionTokenLogprob] | None
+    refusal: list[ChatCompletionTokenLogprob] | None = None
+
+
 class ChatCompletionMessage(BaseModel):
     role: Literal["assistant"] = "assistant"
     content: str
@@ -282,7 +308,7 @@ class Choice(BaseModel):
     index: int = 0
     message: ChatCompletionMessage
     finish_reason: Literal["stop", "length"]
-    logprobs: None = None
+    logprobs: ChoiceLogprobs | None = None
 
 
 class ChatCompletion(BaseModel):
@@ -305,7 +331,7 @@ class ChunkChoice(BaseModel):
     index: int = 0
     delta: ChoiceDelta
     finish_reason: Literal["stop", "length"] | None = None
-    logprobs: None = None
+    logprobs: ChoiceLogprobs | None = None
 
 
 class ChatCompletionChunk(BaseModel):

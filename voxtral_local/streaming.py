@@ -11,19 +11,31 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # the engine imports this module
+    from .engine.generation import Alternatives
 
 REPLACEMENT = "\ufffd"  # an incomplete UTF-8 sequence at the end of the decoded bytes so far
 
 
 class TextDelta(str):
-    """A piece of streamed text (a `str`), with the tokens first shown in it and their logprobs."""
+    """A piece of streamed text (a `str`), with the tokens first shown in it, their logprobs and (when asked
+    for) each step's most likely tokens."""
 
     token_ids: tuple[int, ...]
     logprobs: tuple[float, ...]
+    top: tuple[Alternatives, ...]
 
-    def __new__(cls, text: str, token_ids: Sequence[int] = (), logprobs: Sequence[float] = ()) -> TextDelta:
+    def __new__(
+        cls,
+        text: str,
+        token_ids: Sequence[int] = (),
+        logprobs: Sequence[float] = (),
+        top: Sequence[Alternatives] = (),
+    ) -> TextDelta:
         delta = super().__new__(cls, text)
-        delta.token_ids, delta.logprobs = tuple(token_ids), tuple(logprobs)
+        delta.token_ids, delta.logprobs, delta.top = tuple(token_ids), tuple(logprobs), tuple(top)
         return delta
 
 
@@ -37,13 +49,15 @@ class RowText:
         self.hold_back = max((len(s) for s in self.stop), default=1) - 1
         self.tokens: list[int] = []
         self.logprobs: list[float] = []
+        self.top: list[Alternatives] = []
         self.reported = 0  # tokens already attached to a delta
         self.sent = ""
 
-    def push(self, token: int, logprob: float) -> str:
+    def push(self, token: int, logprob: float, top: Alternatives = ()) -> str:
         """Add a token; return newly visible text."""
         self.tokens.append(token)
         self.logprobs.append(logprob)
+        self.top.append(top)
         text = self.decode(self.tokens).lstrip()
         cuts = [text.find(s) for s in self.stop if s in text]
         if cuts:
@@ -56,10 +70,10 @@ class RowText:
         """The rest of the row, given its final (stripped, stop-trimmed) text."""
         return self._advance(final)
 
-    def unreported(self) -> tuple[list[int], list[float]]:
-        """The tokens (and logprobs) not yet attached to a delta, now marked attached."""
+    def unreported(self) -> tuple[list[int], list[float], list[Alternatives]]:
+        """The tokens (logprobs, alternatives) not yet attached to a delta, now marked attached."""
         start, self.reported = self.reported, len(self.tokens)
-        return self.tokens[start:], self.logprobs[start:]
+        return self.tokens[start:], self.logprobs[start:], self.top[start:]
 
     def _advance(self, text: str) -> str:
         if not text.startswith(self.sent) or len(text) <= len(self.sent):
@@ -102,12 +116,12 @@ class OrderedText:
         """Everything emitted so far."""
         return "".join(self.emitted)
 
-    def push(self, index: int, token: int, logprob: float) -> list[TextDelta]:
+    def push(self, index: int, token: int, logprob: float, top: Alternatives = ()) -> list[TextDelta]:
         """Row `index` chose `token`; returns the deltas to send now (none for a row already done)."""
         with self._lock:
-            return self._push(index, token, logprob)
+            return self._push(index, token, logprob, top)
 
-    def _push(self, index: int, token: int, logprob: float) -> list[TextDelta]:
+    def _push(self, index: int, token: int, logprob: float, top: Alternatives) -> list[TextDelta]:
         out: list[TextDelta] = []
         if self.done[index]:
             return out
@@ -115,7 +129,7 @@ class OrderedText:
         if token == self.eos_token_id:
             self.done[index] = True
         else:
-            delta = row.push(token, logprob)
+            delta = row.push(token, logprob, top)
             if index == self.current:
                 self._emit(out, delta)
             if len(row.tokens) >= self.caps[index]:
@@ -123,11 +137,12 @@ class OrderedText:
         self._advance(out, final_texts=None)
         return out
 
-    def forward_to(self, on_delta: Callable[[str], None]) -> Callable[[int, int, float], None]:
-        """A token callback (row, token, logprob) that passes each new delta (a `TextDelta`) to `on_delta`."""
+    def forward_to(self, on_delta: Callable[[str], None]) -> Callable[[int, int, float, Alternatives], None]:
+        """A token callback (row, token, logprob, alternatives) that passes each new delta (a `TextDelta`) to
+        `on_delta`."""
 
-        def on_token(index: int, token: int, logprob: float) -> None:
-            for delta in self.push(index, token, logprob):
+        def on_token(index: int, token: int, logprob: float, top: Alternatives) -> None:
+            for delta in self.push(index, token, logprob, top):
                 on_delta(delta)
 
         return on_token

@@ -5,14 +5,14 @@ from __future__ import annotations
 import threading
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Literal
 
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
-from ..chat import ChatResult, PreparedChat
+from ..chat import ChatResult, PreparedChat, logprob_content
 from ..protocol import (
     ChatCompletion,
     ChatCompletionChunk,
@@ -20,9 +20,11 @@ from ..protocol import (
     ChatCompletionMessage,
     Choice,
     ChoiceDelta,
+    ChoiceLogprobs,
     ChunkChoice,
     CompletionUsage,
 )
+from ..streaming import TextDelta
 from . import sse
 from .background import Delta, Done, run_until_disconnect, stream_deltas
 from .deps import ChatServiceDep, SettingsDep
@@ -48,16 +50,17 @@ async def create_chat_completion(
         def work(emit: Callable[[str], None], cancel: threading.Event) -> ChatResult:
             return chat.run(prepared, on_delta=emit, cancel=cancel)
 
-        events = _chunks(work, prepared, completion_id, created)
+        events = _chunks(work, prepared, completion_id, created, chat.engine.token_bytes)
         return StreamingResponse(events, media_type="text/event-stream", headers={**sse.STREAM_HEADERS, **headers})
     result = await run_until_disconnect(request, lambda cancel: chat.run(prepared, cancel=cancel))
-    body = ChatCompletion(
-        id=completion_id,
-        created=created,
-        model=params.model,
-        choices=[Choice(message=ChatCompletionMessage(content=result.text), finish_reason=result.finish_reason)],
-        usage=_usage(result),
+    logprobs = None
+    if params.logprobs:
+        content = logprob_content(result.token_ids, result.logprobs, result.top, chat.engine.token_bytes)
+        logprobs = ChoiceLogprobs(content=content)
+    choice = Choice(
+        message=ChatCompletionMessage(content=result.text), finish_reason=result.finish_reason, logprobs=logprobs
     )
+    body = ChatCompletion(id=completion_id, created=created, model=params.model, choices=[choice], usage=_usage(result))
     return JSONResponse(body.model_dump(), headers=headers)
 
 
@@ -74,16 +77,21 @@ async def _chunks(
     prepared: PreparedChat,
     completion_id: str,
     created: int,
+    token_bytes: Callable[[Sequence[int]], list[bytes]],
 ) -> AsyncIterator[str]:
     params = prepared.params
     include_usage = bool(params.stream_options and params.stream_options.include_usage)
 
-    def chunk(delta: ChoiceDelta, finish_reason: Literal["stop", "length"] | None = None) -> str:
+    def chunk(
+        delta: ChoiceDelta,
+        finish_reason: Literal["stop", "length"] | None = None,
+        logprobs: ChoiceLogprobs | None = None,
+    ) -> str:
         body = ChatCompletionChunk(
             id=completion_id,
             created=created,
             model=params.model,
-            choices=[ChunkChoice(delta=delta, finish_reason=finish_reason)],
+            choices=[ChunkChoice(delta=delta, finish_reason=finish_reason, logprobs=logprobs)],
         ).model_dump(mode="json")
         body["choices"][0]["delta"] = delta.model_dump(exclude_none=True)  # no `"role": null` after the first
         if include_usage:
@@ -91,12 +99,26 @@ async def _chunks(
         return sse.event(body)
 
     yield chunk(ChoiceDelta(role="assistant", content=""))
+    streamed = 0  # tokens whose logprobs went out with a delta
     async for item in stream_deltas(work):
         if isinstance(item, Delta):
-            yield chunk(ChoiceDelta(content=item.text))
+            logprobs = None
+            if params.logprobs and isinstance(item.text, TextDelta):  # the tokens this delta first shows
+                text = item.text
+                logprobs = ChoiceLogprobs(content=logprob_content(text.token_ids, text.logprobs, text.top, token_bytes))
+                streamed += len(text.token_ids)
+            yield chunk(ChoiceDelta(content=item.text), logprobs=logprobs)
         elif isinstance(item, Done):
             result: ChatResult = item.result
-            yield chunk(ChoiceDelta(), result.finish_reason)
+            rest = None  # tokens that showed no text (a trailing space, a special token) go with the last chunk
+            if params.logprobs and len(result.token_ids) > streamed:
+                start = streamed
+                rest = ChoiceLogprobs(
+                    content=logprob_content(
+                        result.token_ids[start:], result.logprobs[start:], result.top[start:], token_bytes
+                    )
+                )
+            yield chunk(ChoiceDelta(), result.finish_reason, rest)
             if include_usage:
                 usage = ChatCompletionChunk(
                     id=completion_id, created=created, model=params.model, choices=[], usage=_usage(result)

@@ -20,7 +20,7 @@ from ..errors import InvalidRequestError, ModelUnavailableError
 from ..model_download import is_cached
 from ..streaming import OrderedText
 from .features import TranscriptionFeatures, window_count
-from .generation import FinishReason, RowResult, Sampling
+from .generation import Alternatives, FinishReason, RowResult, Sampling
 from .inputs import Inputs, merge_inputs, split_rows
 from .memory import MemoryPlan
 from .prompts import Conversation, chat_inputs
@@ -45,6 +45,7 @@ class ChunkOutput:
     text: str
     token_ids: list[int]
     logprobs: list[float]  # of each of `token_ids`
+    top: list[Alternatives]  # for each of `token_ids`, when the sampling asked for them
     avg_logprob: float
     no_speech_prob: float
     finish_reason: FinishReason
@@ -329,6 +330,7 @@ class VoxtralEngine:
             text=text.strip(),
             token_ids=row.token_ids,
             logprobs=row.logprobs[: len(row.token_ids)],
+            top=row.top[: len(row.token_ids)],
             avg_logprob=float(np.mean(row.logprobs)) if row.logprobs else 0.0,
             no_speech_prob=row.no_speech_prob,
             finish_reason=row.finish_reason,

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from .generation import Sampling
+from .generation import Alternatives, Sampling
 from .kv_cache import RoomyLayer, handed_over, roomy_cache
 
 # On a CPU the audio encoder runs ~15 % faster per 30 s window two windows at a time than eight (its
@@ -30,6 +30,7 @@ class Choice:
     tokens: list[int]
     logprobs: list[float]  # of the chosen tokens, under the model's (unwarped) distribution
     eos_probs: list[float]  # P(end of sequence) at this step
+    top: list[Alternatives]  # each row's `sampling.top_logprobs` most likely tokens (none if it asked none)
 
 
 class DecodeBatch:
@@ -203,4 +204,14 @@ def choose(
     eos = logprobs[:, eos_token_id].exp()
     # One copy to the host per step, not three (each waits for the device): token ids are exact in float32.
     ids, chosen_list, eos_list = torch.stack([tokens.float(), chosen.float(), eos.float()]).tolist()
-    return Choice(tokens, [int(t) for t in ids], chosen_list, eos_list)
+    return Choice(tokens, [int(t) for t in ids], chosen_list, eos_list, _alternatives(logprobs, samplers))
+
+
+def _alternatives(logprobs: torch.Tensor, samplers: Sequence[RowSampler]) -> list[Alternatives]:
+    """The most likely tokens of each row that asks for them (`Sampling.top_logprobs`), best first."""
+    wanted = [s.sampling.top_logprobs for s in samplers]
+    if not any(wanted):
+        return [() for _ in samplers]
+    values, ids = logprobs.topk(max(wanted), dim=-1)
+    values_list, ids_list = values.tolist(), ids.tolist()
+    return [tuple(zip(ids_list[i][:count], values_list[i][:count], strict=True)) for i, count in enumerate(wanted)]

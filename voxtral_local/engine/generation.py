@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 FinishReason = Literal["stop", "length"]
+Alternatives = tuple[tuple[int, float], ...]  # the most likely tokens at a step: (token id, logprob), best first
 
 
 @dataclass(frozen=True)
@@ -18,6 +19,7 @@ class Sampling:
     seed: int | None = None
     stop: tuple[str, ...] = ()
     min_new_tokens: int = 0  # end-of-sequence is suppressed until then (benchmarks force equal work)
+    top_logprobs: int = 0  # alternatives recorded at each step (chat's `top_logprobs`)
 
 
 @dataclass(frozen=True)
@@ -31,11 +33,13 @@ class RowResult:
     stop_at: int | None = field(default=None)  # character offset of a stop string in the decoded text
     prompt_tokens: int = 0
     audio_tokens: int = 0
+    top: list[Alternatives] = field(default_factory=list)  # per token, when `top_logprobs` asked for them
 
 
 def finish_row(
     ids: list[int],
     logprobs: Sequence[float],
+    top: Sequence[Alternatives],
     no_speech_prob: float,
     cap: int,
     eos_token_id: int,
@@ -61,6 +65,7 @@ def finish_row(
         token_ids=ids[:end],
         logprobs=list(logprobs[: end + counted]),
         no_speech_prob=no_speech_prob,
+        top=list(top[: end + counted]),
         finish_reason=finish,
         stop_at=stop_at,
     )

@@ -26,7 +26,7 @@ import torch
 
 from ..errors import GenerationCancelledError
 from .decoding import DecodeBatch, RowSampler, choose, suppression
-from .generation import RowResult, Sampling, finish_row
+from .generation import Alternatives, RowResult, Sampling, finish_row
 from .inputs import merge_inputs
 from .memory import MemoryPlan
 
@@ -36,8 +36,9 @@ logger = logging.getLogger(__name__)
 # decoding (and the file's own first chunk, streaming) keep moving while the rest is encoded.
 MAX_PREFILL_WINDOWS = 8
 
-# Called with a row's index in its job, the token it just chose (end of sequence included) and its logprob.
-TokenCallback = Callable[[int, int, float], None]
+# Called with a row's index in its job, the token it just chose (end of sequence included), its logprob and
+# the step's most likely tokens (when the job's sampling asks for them).
+TokenCallback = Callable[[int, int, float, Alternatives], None]
 
 
 @dataclass(frozen=True)
@@ -103,6 +104,7 @@ class _Row:
     audio_tokens: int
     tokens: list[int] = field(default_factory=list)
     logprobs: list[float] = field(default_factory=list)
+    top: list[Alternatives] = field(default_factory=list)
     no_speech_prob: float = 0.0
 
     @property
@@ -350,9 +352,11 @@ class Scheduler:
                 row.no_speech_prob = choice.eos_probs[offset]
             row.tokens.append(token)
             row.logprobs.append(choice.logprobs[offset])
+            if choice.top[offset]:
+                row.top.append(choice.top[offset])
             if row.job.on_token is not None and not row.job.done.is_set():
                 try:
-                    row.job.on_token(row.index, token, choice.logprobs[offset])
+                    row.job.on_token(row.index, token, choice.logprobs[offset], choice.top[offset])
                 except Exception as exc:  # a broken listener ends its own job only
                     row.job.fail(exc)
             if row.job.done.is_set() or not self._finished(row):
@@ -379,7 +383,7 @@ class Scheduler:
     def _store(self, row: _Row) -> None:
         job = row.job
         result = finish_row(
-            row.tokens, row.logprobs, row.no_speech_prob, row.cap, self.eos_token_id, job.sampling, self.decode
+            row.tokens, row.logprobs, row.top, row.no_speech_prob, row.cap, self.eos_token_id, job.sampling, self.decode
         )
         with self._cond:  # `seal` may be checking the same job from the producer's thread
             job.results[row.index] = replace(result, prompt_tokens=row.prompt_tokens, audio_tokens=row.audio_tokens)
