@@ -17,6 +17,7 @@ from .engine import VoxtralEngine
 from .engine.generation import Alternatives, Sampling
 from .engine.prompts import Conversation, audio_part
 from .errors import AudioTooLongError, InvalidRequestError
+from .formatting import TokenBytes
 from .languages import language_name, normalize_language
 from .protocol import (
     ChatCompletionContentPartText,
@@ -248,12 +249,11 @@ def logprob_content(
     token_ids: Sequence[int],
     logprobs: Sequence[float],
     top: Sequence[Alternatives],
-    token_bytes: Callable[[Sequence[int]], list[bytes]],
+    token_bytes: TokenBytes,
 ) -> list[ChatCompletionTokenLogprob]:
     """OpenAI's `logprobs.content` for these tokens: each one's text, bytes and logprob, and the step's most
     likely tokens (none where `top_logprobs` was not asked for)."""
-    tops = list(top) or [()] * len(token_ids)
-    everything = [*token_ids, *(alt for step in tops for alt, _ in step)]
+    everything = [*token_ids, *(alt for step in top for alt, _ in step)]
     pieces = dict(zip(everything, token_bytes(everything), strict=True))
 
     def text(token: int) -> str:
@@ -266,5 +266,5 @@ def logprob_content(
             logprob=logprob,
             top_logprobs=[TopLogprob(token=text(alt), bytes=list(pieces[alt]), logprob=value) for alt, value in step],
         )
-        for token, logprob, step in zip(token_ids, logprobs, tops, strict=True)
+        for token, logprob, step in zip(token_ids, logprobs, top, strict=True)
     ]

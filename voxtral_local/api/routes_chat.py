@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable
 from typing import Literal
 
 from fastapi import APIRouter, Request, Response
@@ -13,6 +13,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
 from ..chat import ChatResult, PreparedChat, logprob_content
+from ..formatting import TokenBytes
 from ..protocol import (
     ChatCompletion,
     ChatCompletionChunk,
@@ -77,7 +78,7 @@ async def _chunks(
     prepared: PreparedChat,
     completion_id: str,
     created: int,
-    token_bytes: Callable[[Sequence[int]], list[bytes]],
+    token_bytes: TokenBytes,
 ) -> AsyncIterator[str]:
     params = prepared.params
     include_usage = bool(params.stream_options and params.stream_options.include_usage)
@@ -112,12 +113,10 @@ async def _chunks(
             result: ChatResult = item.result
             rest = None  # tokens that showed no text (a trailing space, a special token) go with the last chunk
             if params.logprobs and len(result.token_ids) > streamed:
-                start = streamed
-                rest = ChoiceLogprobs(
-                    content=logprob_content(
-                        result.token_ids[start:], result.logprobs[start:], result.top[start:], token_bytes
-                    )
+                content = logprob_content(
+                    result.token_ids[streamed:], result.logprobs[streamed:], result.top[streamed:], token_bytes
                 )
+                rest = ChoiceLogprobs(content=content)
             yield chunk(ChoiceDelta(), result.finish_reason, rest)
             if include_usage:
                 usage = ChatCompletionChunk(

@@ -45,7 +45,7 @@ class ChunkOutput:
     text: str
     token_ids: list[int]
     logprobs: list[float]  # of each of `token_ids`
-    top: list[Alternatives]  # for each of `token_ids`, when the sampling asked for them
+    top: list[Alternatives]  # for each of `token_ids` (empty unless the sampling asked for them)
     avg_logprob: float
     no_speech_prob: float
     finish_reason: FinishReason

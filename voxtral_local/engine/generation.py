@@ -33,7 +33,7 @@ class RowResult:
     stop_at: int | None = field(default=None)  # character offset of a stop string in the decoded text
     prompt_tokens: int = 0
     audio_tokens: int = 0
-    top: list[Alternatives] = field(default_factory=list)  # per token, when `top_logprobs` asked for them
+    top: list[Alternatives] = field(default_factory=list)  # per token as logprobs (empty unless `top_logprobs`)
 
 
 def finish_row(

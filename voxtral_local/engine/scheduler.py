@@ -352,8 +352,7 @@ class Scheduler:
                 row.no_speech_prob = choice.eos_probs[offset]
             row.tokens.append(token)
             row.logprobs.append(choice.logprobs[offset])
-            if choice.top[offset]:
-                row.top.append(choice.top[offset])
+            row.top.append(choice.top[offset])
             if row.job.on_token is not None and not row.job.done.is_set():
                 try:
                     row.job.on_token(row.index, token, choice.logprobs[offset], choice.top[offset])
