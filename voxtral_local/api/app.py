@@ -19,6 +19,7 @@ from ..transcription import TranscriptionService
 from . import routes_audio, routes_chat, routes_models, routes_pull
 from .body_limit import BodySizeLimit
 from .errors import install_error_handlers
+from .openapi import install_openapi
 
 logger = logging.getLogger(__name__)
 
@@ -44,6 +45,7 @@ def create_app(settings: Settings, engine: VoxtralEngine | None = None) -> FastA
 
     app = FastAPI(title="voxtral-local", version=__version__, lifespan=lifespan)
     install_error_handlers(app)
+    install_openapi(app)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_upload_bytes)
     app.include_router(routes_audio.router)
     app.include_router(routes_chat.router)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import AsyncIterator, Callable
+from typing import Any
 
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse, StreamingResponse
@@ -14,9 +15,11 @@ from ..languages import normalize_language
 from ..protocol import (
     Logprob,
     ResponseFormat,
+    Transcription,
     TranscriptionCreateParams,
     TranscriptionTextDeltaEvent,
     TranscriptionTextDoneEvent,
+    TranscriptionVerbose,
     TranslationCreateParams,
 )
 from ..streaming import TextDelta
@@ -24,14 +27,30 @@ from ..transcription import TranscriptionResult
 from . import sse
 from .background import Delta, Done, run_until_disconnect, stream_deltas
 from .deps import SettingsDep, TranscriptionServiceDep
-from .forms import audio_form, check_transcription_options, parse_audio_form, upload_bytes
+from .forms import LIST_FIELDS, audio_form, check_transcription_options, parse_audio_form, upload_bytes
+from .openapi import MODEL_WORK_ERRORS, error_responses, multipart_body
 
 router = APIRouter()
+
+# The 200 answer: JSON for `json`/`verbose_json`, text for `text`/`srt`/`vtt`, server-sent events with `stream`.
+AUDIO_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {
+        "model": Transcription | TranscriptionVerbose,
+        "description": "The transcript, in the requested `response_format`.",
+        "content": {"text/plain": {"schema": {"type": "string"}}, "text/event-stream": {"schema": {"type": "string"}}},
+    },
+    **error_responses(*MODEL_WORK_ERRORS, 415),
+}
 
 TRANSLATE_INSTRUCTION = "Translate this audio into English. Reply with the English translation only."
 
 
-@router.post("/v1/audio/transcriptions", response_model=None)
+@router.post(
+    "/v1/audio/transcriptions",
+    response_model=None,
+    responses=AUDIO_RESPONSES,
+    openapi_extra=multipart_body(TranscriptionCreateParams, list_fields=LIST_FIELDS),
+)
 async def create_transcription(request: Request, settings: SettingsDep, service: TranscriptionServiceDep) -> Response:
     """Transcribe an uploaded file (multipart, as `client.audio.transcriptions.create` sends it)."""
     async with audio_form(request, settings) as form:
@@ -64,7 +83,12 @@ async def create_transcription(request: Request, settings: SettingsDep, service:
     return _rendered(result, params.response_format, "transcribe", headers, logprobs)
 
 
-@router.post("/v1/audio/translations", response_model=None)
+@router.post(
+    "/v1/audio/translations",
+    response_model=None,
+    responses=AUDIO_RESPONSES,
+    openapi_extra=multipart_body(TranslationCreateParams, list_fields=LIST_FIELDS),
+)
 async def create_translation(request: Request, settings: SettingsDep, service: TranscriptionServiceDep) -> Response:
     """Translate an uploaded file into English text, with Voxtral's chat template chunk by chunk."""
     async with audio_form(request, settings) as form:

@@ -30,11 +30,23 @@ from . import sse
 from .background import Delta, Done, run_until_disconnect, stream_deltas
 from .deps import ChatServiceDep, SettingsDep
 from .forms import check_model
+from .openapi import MODEL_WORK_ERRORS, error_responses
 
 router = APIRouter()
 
 
-@router.post("/v1/chat/completions", response_model=None)
+@router.post(
+    "/v1/chat/completions",
+    response_model=None,
+    responses={
+        200: {
+            "model": ChatCompletion,
+            "description": "The reply; with `stream`, `chat.completion.chunk` server-sent events.",
+            "content": {"text/event-stream": {"schema": {"type": "string"}}},
+        },
+        **error_responses(*MODEL_WORK_ERRORS),
+    },
+)
 async def create_chat_completion(
     params: ChatCompletionCreateParams, request: Request, settings: SettingsDep, chat: ChatServiceDep
 ) -> Response:

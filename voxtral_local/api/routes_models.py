@@ -12,6 +12,7 @@ from ..engine import VoxtralEngine
 from ..errors import ModelNotFoundError
 from ..protocol import Health, Model, ModelList
 from .deps import EngineDep, SettingsDep
+from .openapi import COMMON_ERRORS, error_responses
 
 router = APIRouter()
 
@@ -26,13 +27,13 @@ def describe_model(settings: Settings, engine: VoxtralEngine) -> Model:
     return Model(id=settings.model_name, created=created, owned_by=owner, downloaded=downloaded, loaded=engine.loaded)
 
 
-@router.get("/v1/models")
+@router.get("/v1/models", responses=error_responses(*COMMON_ERRORS))
 async def list_models(settings: SettingsDep, engine: EngineDep) -> ModelList:
     """The models this server serves."""
     return ModelList(data=[describe_model(settings, engine)])
 
 
-@router.get("/v1/models/{model_id:path}")
+@router.get("/v1/models/{model_id:path}", responses=error_responses(404, 405, *COMMON_ERRORS))
 async def retrieve_model(model_id: str, settings: SettingsDep, engine: EngineDep) -> Model:
     """One model by id (or alias); 404 for any other name, and 405 for `pull` (which this path would
     otherwise take for a model's name)."""
@@ -43,7 +44,7 @@ async def retrieve_model(model_id: str, settings: SettingsDep, engine: EngineDep
     return describe_model(settings, engine)
 
 
-@router.get("/health")
+@router.get("/health", responses=error_responses(403))
 async def health(settings: SettingsDep, engine: EngineDep) -> Health:
     """Liveness plus model state, in the shape lotti's local services report."""
     return Health(

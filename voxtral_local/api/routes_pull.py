@@ -18,11 +18,23 @@ from ..protocol import ModelPullRequest, ModelPullStatus
 from . import sse
 from .deps import DownloaderDep, EngineDep, SettingsDep
 from .forms import check_model
+from .openapi import COMMON_ERRORS, error_responses
 
 router = APIRouter()
 
 
-@router.post("/v1/models/pull", response_model=None)
+@router.post(
+    "/v1/models/pull",
+    response_model=None,
+    responses={
+        200: {
+            "model": ModelPullStatus,
+            "description": "The outcome; with `stream` (the default), progress as server-sent events.",
+            "content": {"text/event-stream": {"schema": {"type": "string"}}},
+        },
+        **error_responses(400, 404, 408, 413, 502, 503, 507, *COMMON_ERRORS),
+    },
+)
 async def pull_model(
     settings: SettingsDep,
     engine: EngineDep,
