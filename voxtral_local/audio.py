@@ -23,7 +23,14 @@ import numpy as np
 import soundfile as sf
 
 from .audio_containers import ADTS, FLAC, MP3, Container, id3v2_end, sniff, without_trailing_tags
-from .audio_headers import DeclaredLength, check_stream, check_wav_data, flac_declared, mp3_declared
+from .audio_headers import (
+    DeclaredLength,
+    check_header_bounds,
+    check_stream,
+    check_wav_data,
+    flac_declared,
+    mp3_declared,
+)
 from .audio_pyav import SAMPLE_RATE, decode_with_pyav, stop_if_cancelled
 from .errors import AudioDecodeError, AudioTooLongError
 from .resampling import part_count, resample, workers
@@ -81,6 +88,7 @@ def _decode(
         declared = None if mp3 is None else mp3[0]
     elif container is FLAC:
         declared = flac_declared(data)
+    check_header_bounds(data)
     check_wav_data(data)
     info = _soundfile_info(data, container)
     read = None if info is None else _decode_with_soundfile(data, info, max_seconds, until, cancel)

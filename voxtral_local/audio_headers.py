@@ -44,6 +44,47 @@ def check_stream(sample_rate: int, channels: int) -> None:
         )
 
 
+def check_header_bounds(data: bytes) -> None:
+    """`check_stream` on what a WAV `fmt ` chunk, an AIFF `COMM` chunk or a FLAC STREAMINFO block states, read
+    here so that even a header the decoders would refuse as malformed is refused with the value named.
+    Other containers are checked once opened."""
+    if data[8:12] == b"WAVE" and data[:4] in (b"RIFF", b"RF64", b"BW64"):
+        fmt = _chunk(data, b"fmt ", little=True)
+        if fmt is not None and len(fmt) >= 8:
+            check_stream(int.from_bytes(fmt[4:8], "little"), int.from_bytes(fmt[2:4], "little"))
+    elif data[:4] == b"FORM" and data[8:12] in (b"AIFF", b"AIFC"):
+        comm = _chunk(data, b"COMM", little=False)
+        if comm is not None and len(comm) >= 18:
+            check_stream(_extended_to_int(comm[8:18]), int.from_bytes(comm[0:2], "big"))
+    else:
+        start = id3v2_end(data)
+        info = data[start + 8 : start + 8 + 34]
+        if data[start : start + 4] == b"fLaC" and len(info) >= 13:
+            check_stream(int.from_bytes(info[10:13], "big") >> 4, ((info[12] >> 1) & 7) + 1)
+
+
+def _chunk(data: bytes, wanted: bytes, *, little: bool) -> bytes | None:
+    """The body of the first chunk `wanted` of a RIFF (little-endian sizes) or IFF (big-endian) file, walked
+    chunk by chunk from byte 12; None if the walk does not reach it."""
+    pos = 12
+    while pos + 8 <= len(data):
+        size = int.from_bytes(data[pos + 4 : pos + 8], "little" if little else "big")
+        if data[pos : pos + 4] == wanted:
+            return data[pos + 8 : pos + 8 + size]
+        pos += 8 + size + (size & 1)
+    return None
+
+
+def _extended_to_int(ten: bytes) -> int:
+    """An IEEE 754 80-bit extended float (AIFF's sample rate), rounded down to an integer; 0 if below 1."""
+    exponent = int.from_bytes(ten[0:2], "big") & 0x7FFF
+    mantissa = int.from_bytes(ten[2:10], "big")
+    shift = exponent - 16383 - 63
+    if exponent == 0 or shift < -64:
+        return 0
+    return mantissa << shift if shift >= 0 else mantissa >> -shift
+
+
 @dataclass(frozen=True)
 class DeclaredLength:
     """A length a container states exactly: `what` states it (for messages), in seconds."""
