@@ -175,3 +175,25 @@ def test_decoding_stops_once_cancelled(kind: str) -> None:
         decode_audio(data, max_seconds=60, cancel=cancel)
     with pytest.raises(GenerationCancelledError):
         decode_head(data, seconds=1.0, max_seconds=60, cancel=cancel)
+
+
+@pytest.mark.parametrize("lead", [b"\x00" * 1000, bytes(range(256)) * 3, b"\xff\xfb" + bytes(300)])
+def test_an_mp3_starting_with_junk_or_a_partial_frame_is_still_an_mp3(lead: bytes) -> None:
+    """FFmpeg's MP3 demuxer skips to the first frame; so does the sniffing (two frames in a row)."""
+    from voxtral_local.audio_containers import id3v2_end
+
+    data = (FIXTURES / "speech.mp3").read_bytes()
+    frames = data[id3v2_end(data) :]
+    samples = decode_audio(lead + frames[417:], max_seconds=60)  # cut inside the first frames
+    assert abs(samples.shape[0] / SAMPLE_RATE - SPEECH_SECONDS) < 0.2
+
+
+@pytest.mark.parametrize("size", [0, 1, 31])
+def test_a_degenerate_ape_footer_is_not_stripped_forever(size: int) -> None:
+    import struct
+
+    data = (FIXTURES / "speech.mp3").read_bytes()
+    footer = b"APETAGEX" + struct.pack("<IIII", 2000, size, 0, 0) + bytes(8)
+    started = time.monotonic()
+    samples = decode_audio(data + footer, max_seconds=60)
+    assert samples.shape[0] > 0 and time.monotonic() - started < 5

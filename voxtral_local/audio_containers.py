@@ -51,6 +51,8 @@ NOT_ACCEPTED = (
 _MP4_FIRST_BOXES = frozenset({b"ftyp", b"moov", b"mdat", b"free", b"skip", b"wide", b"pnot", b"styp"})
 _ID3V1_BYTES = 128
 _APE_FOOTER_BYTES = 32
+# How far into an MP3 (after ID3v2 tags) its first frame is looked for, past junk or a partial frame.
+_MP3_SYNC_SEARCH_BYTES = 64 * 1024
 
 
 def sniff(data: bytes) -> Container:
@@ -78,7 +80,7 @@ def sniff(data: bytes) -> Container:
         return FLAC
     if is_adts_header(head):
         return ADTS
-    if mpeg_audio_header(head) is not None:
+    if mpeg_audio_header(head) is not None or _mpeg_frames_follow(data, start):
         return MP3
     raise AudioDecodeError(NOT_ACCEPTED)
 
@@ -118,7 +120,7 @@ def without_trailing_tags(data: bytes) -> bytes:
         elif end >= _APE_FOOTER_BYTES and data[end - 32 : end - 24] == b"APETAGEX":
             footer = data[end - 32 :]
             size = int.from_bytes(footer[12:16], "little") + (32 if footer[23] & 0x80 else 0)  # header present
-            if size > end:
+            if not _APE_FOOTER_BYTES <= size <= end:  # the size counts the footer: less is no tag
                 return data
             data = data[: end - size]
         else:
@@ -133,6 +135,16 @@ class MpegAudioHeader:
     layer: int  # 1, 2 or 3
     sample_rate: int  # Hz
     channels: int  # 1 or 2
+    bitrate: int  # kbit/s
+    padding: int  # 0 or 1 slot
+
+    @property
+    def frame_bytes(self) -> int:
+        """The frame's length in bytes, header included (ISO/IEC 11172-3 2.4.3.1)."""
+        if self.layer == 1:
+            return (12 * self.bitrate * 1000 // self.sample_rate + self.padding) * 4
+        per_slot = 144 if self.layer == 2 or self.version == 1 else 72
+        return per_slot * self.bitrate * 1000 // self.sample_rate + self.padding
 
     @property
     def samples_per_frame(self) -> int:
@@ -150,6 +162,15 @@ class MpegAudioHeader:
 
 
 _MPEG_RATES = {1: (44100, 48000, 32000), 2: (22050, 24000, 16000), 25: (11025, 12000, 8000)}
+# kbit/s for bit rate indices 1..14, by (MPEG-1 or not, layer); MPEG-2/2.5 layers II and III share a table.
+_MPEG_BITRATES = {
+    (True, 1): (32, 64, 96, 128, 160, 192, 224, 256, 288, 320, 352, 384, 416, 448),
+    (True, 2): (32, 48, 56, 64, 80, 96, 112, 128, 160, 192, 224, 256, 320, 384),
+    (True, 3): (32, 40, 48, 56, 64, 80, 96, 112, 128, 160, 192, 224, 256, 320),
+    (False, 1): (32, 48, 56, 64, 80, 96, 112, 128, 144, 160, 176, 192, 224, 256),
+    (False, 2): (8, 16, 24, 32, 40, 48, 56, 64, 80, 96, 112, 128, 144, 160),
+    (False, 3): (8, 16, 24, 32, 40, 48, 56, 64, 80, 96, 112, 128, 144, 160),
+}
 
 
 def mpeg_audio_header(head: bytes) -> MpegAudioHeader | None:
@@ -162,7 +183,29 @@ def mpeg_audio_header(head: bytes) -> MpegAudioHeader | None:
     if version is None or layer is None or bitrate_index in (0, 15) or rate_index == 3:
         return None  # reserved values; a free-format (index 0) stream is not accepted either
     channels = 1 if head[3] >> 6 == 3 else 2
-    return MpegAudioHeader(version, layer, _MPEG_RATES[version][rate_index], channels)
+    bitrate = _MPEG_BITRATES[(version == 1, layer)][bitrate_index - 1]
+    padding = (head[2] >> 1) & 1
+    return MpegAudioHeader(version, layer, _MPEG_RATES[version][rate_index], channels, bitrate, padding)
+
+
+def _mpeg_frames_follow(data: bytes, start: int) -> bool:
+    """Whether, within the first 64 KiB after `start`, a valid MPEG audio frame header is followed right
+    after its frame by another of the same version, layer and rate (a stream that begins with junk or a
+    partial frame, which FFmpeg's MP3 demuxer skips)."""
+    end = min(len(data), start + _MP3_SYNC_SEARCH_BYTES)
+    at = data.find(b"\xff", start, end)
+    while at >= 0:
+        first = mpeg_audio_header(data[at : at + 4])
+        if first is not None:
+            nxt = mpeg_audio_header(data[at + first.frame_bytes : at + first.frame_bytes + 4])
+            if nxt is not None and (nxt.version, nxt.layer, nxt.sample_rate) == (
+                first.version,
+                first.layer,
+                first.sample_rate,
+            ):
+                return True
+        at = data.find(b"\xff", at + 1, end)
+    return False
 
 
 def is_adts_header(head: bytes) -> bool:
