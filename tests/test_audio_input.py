@@ -197,3 +197,21 @@ def test_a_degenerate_ape_footer_is_not_stripped_forever(size: int) -> None:
     started = time.monotonic()
     samples = decode_audio(data + footer, max_seconds=60)
     assert samples.shape[0] > 0 and time.monotonic() - started < 5
+
+
+def test_the_open_options_alone_stop_a_demuxer_that_reads_elsewhere() -> None:
+    """Defence in depth: were a referencing demuxer ever chosen, the whitelists PyAV passes stop it."""
+    import io
+    import os
+
+    import av
+
+    from voxtral_local.audio_containers import Container, open_options
+
+    # concat's default `safe` mode refuses absolute paths, not relative ones
+    script = f"ffconcat version 1.0\nfile '{os.path.relpath(FIXTURES / 'speech.wav')}'\n".encode()
+    with av.open(io.BytesIO(script), mode="r", format="concat") as container:  # unguarded, it reads the file
+        assert container.streams.audio[0].sample_rate == 16000
+    options = open_options(Container("test", "concat"))
+    with pytest.raises(av.FFmpegError), av.open(io.BytesIO(script), format="concat", container_options=options):
+        pass

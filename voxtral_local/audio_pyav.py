@@ -51,7 +51,9 @@ def decode_with_pyav(
     set (checked between frames).
     """
     try:
-        opened = av.open(io.BytesIO(data), mode="r", format=container.demuxer, options=open_options(container))
+        opened = av.open(
+            io.BytesIO(data), mode="r", format=container.demuxer, container_options=open_options(container)
+        )
     except (av.FFmpegError, ValueError, IndexError) as exc:
         raise AudioDecodeError(f"The uploaded file is not a decodable audio file ({ffmpeg_reason(exc)}).") from exc
     with opened:
