@@ -88,9 +88,9 @@ def test_audio_exactly_at_the_limit_is_accepted() -> None:
 def test_block_resampler_survives_a_format_change_mid_stream() -> None:
     import av
 
-    from voxtral_local.audio import _BlockResampler
+    from voxtral_local.audio_pyav import BlockResampler
 
-    blocks = _BlockResampler()
+    blocks = BlockResampler()
     formats = [(22050, "mono", 1, 12.5), (44100, "stereo", 2, 3.0), (8000, "mono", 1, 1.0)]
     for rate, layout, channels, seconds in formats:
         tone = np.sin(np.arange(int(rate * seconds)) * 2 * np.pi * 440 / rate).astype(np.float32) * 0.5
@@ -155,10 +155,10 @@ def test_a_long_file_read_in_parallel_parts_equals_one_pass(
     block, rate = sf.read(io.BytesIO(data), dtype="float32", always_2d=True)
     one_pass = soxr.resample(block.mean(axis=1), rate, SAMPLE_RATE, quality="HQ")
 
-    def no_pyav(data: bytes, max_seconds: float, until: float | None = None) -> tuple[np.ndarray, bool]:
+    def no_pyav(*args: object) -> tuple[np.ndarray, bool]:
         raise AssertionError("the libsndfile path gave up and handed the file to PyAV")
 
-    monkeypatch.setattr(voxtral_local.audio, "_decode_with_pyav", no_pyav)
+    monkeypatch.setattr(voxtral_local.audio, "decode_with_pyav", no_pyav)
     for parts in (1, 3):
         monkeypatch.setattr(voxtral_local.audio, "workers", lambda parts=parts: parts)
         samples = decode_audio(data, max_seconds=600)

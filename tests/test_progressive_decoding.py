@@ -99,9 +99,9 @@ def hold_the_whole_decode(
     """Make the service's decoding of the whole upload wait for `until` (failing after a minute)."""
     whole_decode = service.decode
 
-    def held(data: bytes) -> np.ndarray:
+    def held(data: bytes, cancel: threading.Event | None = None) -> np.ndarray:
         assert until.wait(timeout=60), "the model waited for the whole upload to be decoded"
-        return whole_decode(data)
+        return whole_decode(data, cancel)
 
     monkeypatch.setattr(service, "decode", held)
 

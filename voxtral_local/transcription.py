@@ -82,9 +82,10 @@ class TranscriptionService:
         self.settings = settings
         self.engine = engine
 
-    def decode(self, data: bytes) -> np.ndarray:
-        """Upload bytes to mono 16 kHz samples, within the duration limit."""
-        return decode_audio(data, max_seconds=self.settings.max_audio_seconds)
+    def decode(self, data: bytes, cancel: threading.Event | None = None) -> np.ndarray:
+        """Upload bytes to mono 16 kHz samples, within the duration limit; stops (GenerationCancelledError)
+        once `cancel` is set."""
+        return decode_audio(data, max_seconds=self.settings.max_audio_seconds, cancel=cancel)
 
     def decode_start(self, data: bytes) -> np.ndarray | PartialUpload:
         """The whole upload if it is short; else its first chunk length and a second, the rest to be decoded
@@ -110,12 +111,12 @@ class TranscriptionService:
     ) -> TranscriptionResult:
         """Blocking; run it in a worker thread. `on_delta` receives the text as it is produced."""
         if isinstance(data, bytes) or (isinstance(data, PartialUpload) and instruction is not None):
-            data = self.decode(data if isinstance(data, bytes) else data.data)
+            data = self.decode(data if isinstance(data, bytes) else data.data, cancel)
         whole: list[np.ndarray] = []  # the upload's samples, once all decoded
         more: Iterator[list[AudioChunk]] | None = None
         if isinstance(data, PartialUpload):
             chunks = split_audio(data.head, max_chunk_s=self.settings.chunk_seconds)[:-1]  # the last may go on
-            more = self._rest(data.data, chunks[-1], whole)
+            more = self._rest(data.data, chunks[-1], whole, cancel)
         else:
             whole.append(data)
             chunks = split_audio(data, max_chunk_s=self.settings.chunk_seconds)
@@ -129,10 +130,12 @@ class TranscriptionService:
         )
         return self._result(whole[0], chunks, outputs, language, temperature)
 
-    def _rest(self, data: bytes, last: AudioChunk, whole: list[np.ndarray]) -> Iterator[list[AudioChunk]]:
+    def _rest(
+        self, data: bytes, last: AudioChunk, whole: list[np.ndarray], cancel: threading.Event | None
+    ) -> Iterator[list[AudioChunk]]:
         """Decode the whole upload and yield the chunks after `last` (offsets in the whole); `whole` gets the
-        samples."""
-        samples = self.decode(data)
+        samples. The decoding stops when the request is cancelled (the client went away)."""
+        samples = self.decode(data, cancel)
         whole.append(samples)
         end = last.start + last.samples.shape[0]
         if samples.shape[0] > end:
