@@ -67,8 +67,8 @@ def b64(path: Path) -> str:
     return base64.b64encode(path.read_bytes()).decode()
 
 
-def audio_part() -> dict[str, Any]:
-    return {"type": "input_audio", "input_audio": {"data": b64(SPEECH), "format": "mp3"}}
+def audio_message() -> Any:
+    return {"role": "user", "content": [{"type": "input_audio", "input_audio": {"data": b64(SPEECH), "format": "mp3"}}]}
 
 
 # Every kind of model work, as a client sends it.
@@ -76,9 +76,7 @@ KINDS: dict[str, Callable[[OpenAI], Any]] = {
     "transcription": lambda c: c.audio.transcriptions.create(model=MODEL, file=SPEECH.open("rb")),
     "streamed transcription": lambda c: c.audio.transcriptions.create(model=MODEL, file=SPEECH.open("rb"), stream=True),
     "translation": lambda c: c.audio.translations.create(model=MODEL, file=SPEECH.open("rb")),
-    "chat with audio": lambda c: c.chat.completions.create(
-        model=MODEL, messages=[{"role": "user", "content": [audio_part()]}], max_tokens=4
-    ),
+    "chat with audio": lambda c: c.chat.completions.create(model=MODEL, messages=[audio_message()], max_tokens=4),
     "text chat": lambda c: c.chat.completions.create(
         model=MODEL, messages=[{"role": "user", "content": "hello"}], max_tokens=4
     ),
@@ -105,7 +103,7 @@ def test_beyond_the_queue_every_kind_of_model_request_is_refused_at_once(queue_o
         HeldRequest(f"{url}/v1/audio/transcriptions", files=files, data={"model": MODEL}),
         HeldRequest(
             f"{url}/v1/chat/completions",
-            json={"model": MODEL, "messages": [{"role": "user", "content": [audio_part()]}], "max_tokens": 4},
+            json={"model": MODEL, "messages": [audio_message()], "max_tokens": 4},
         ),
     ]
     wait_until(lambda: admission.admitted == 2)
