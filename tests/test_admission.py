@@ -193,9 +193,11 @@ def test_a_short_stream_starts_while_many_long_requests_run(base_url: str, long_
     health_s = time.monotonic() - health_started
     short = SPEECH.read_bytes()
     sent = time.monotonic()
-    stream("short stream", short)
-    plain("short request", short)
-    for thread in threads:
+    shorts = [threading.Thread(target=stream, args=("short stream", short))]
+    shorts += [threading.Thread(target=plain, args=("short request", short))]
+    for thread in shorts:
+        thread.start()
+    for thread in shorts + threads:
         thread.join(600)
     assert len(done) == streams + 4  # every request completed (with 200, asserted in its thread)
     first_long_done = min(t for name, t in done.items() if name.startswith("long"))
