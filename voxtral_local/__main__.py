@@ -4,16 +4,15 @@ from __future__ import annotations
 
 import logging
 
-import uvicorn
-
 from .api import create_app
+from .api.shutdown import serve
 from .config import Settings
 
 
 def main() -> None:
     settings = Settings()
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level=settings.log_level)
+    serve(create_app(settings), settings)  # returns after a graceful shutdown on SIGTERM/SIGINT: exit 0
 
 
 if __name__ == "__main__":

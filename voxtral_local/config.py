@@ -73,6 +73,20 @@ class Settings(BaseSettings):
     )
     preload: bool = Field(False, description="Load the model at startup instead of at the first request.")
     log_level: Literal["critical", "error", "warning", "info", "debug"] = Field("info", description="Server log level.")
+    # Overload and shutdown (admission, graceful stop)
+    max_queue: int = Field(
+        0,
+        ge=0,
+        description="Most model requests (transcriptions, translations, chat; streamed or not) held at once, "
+        "decoding or waiting; more get 429 with Retry-After. 0: auto, twice the batch capacity (VOXTRAL_BATCH_SIZE, "
+        "else the rows of full chunks the memory budget holds, at most 64).",
+    )
+    shutdown_timeout: float = Field(
+        30.0,
+        ge=0,
+        description="Seconds that requests in flight get to finish after SIGTERM/SIGINT; then they are stopped "
+        "(a stream ends with an error event, other requests get 503).",
+    )
 
     @field_validator("model")
     @classmethod

@@ -15,6 +15,8 @@ class ErrorKind(Enum):
     DOWNLOAD_FAILED = "download_failed"
     STORAGE_FULL = "storage_full"
     CLIENT_GONE = "client_gone"
+    OVERLOADED = "overloaded"
+    SHUTTING_DOWN = "shutting_down"
     INTERNAL = "internal"
 
 
@@ -23,6 +25,7 @@ class VoxtralError(Exception):
 
     kind = ErrorKind.INTERNAL
     code = "internal_error"
+    retry_after: int | None = None  # seconds a client should wait before trying again, when that is known
 
     def __init__(self, message: str, *, param: str | None = None, code: str | None = None) -> None:
         super().__init__(message)
@@ -106,3 +109,24 @@ class GenerationCancelledError(VoxtralError):
 
     kind = ErrorKind.CLIENT_GONE
     code = "client_disconnected"
+
+
+class ServerOverloadedError(VoxtralError):
+    """The server already holds as much model work as it admits (`VOXTRAL_MAX_QUEUE`); try again later."""
+
+    kind = ErrorKind.OVERLOADED
+    code = "rate_limit_exceeded"  # OpenAI's code for a 429 on requests
+
+    def __init__(self, limit: int, retry_after: int) -> None:
+        super().__init__(
+            f"The server is busy: {limit} requests are already being processed or queued (VOXTRAL_MAX_QUEUE). "
+            f"Please retry after {retry_after} s."
+        )
+        self.retry_after = retry_after
+
+
+class ServerShuttingDownError(VoxtralError):
+    """The server is shutting down: new work is refused, and work still running at the deadline is stopped."""
+
+    kind = ErrorKind.SHUTTING_DOWN
+    code = "server_shutting_down"

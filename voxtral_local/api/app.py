@@ -7,7 +7,6 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
-from starlette.concurrency import run_in_threadpool
 
 from .. import __version__
 from ..chat import ChatService
@@ -17,9 +16,11 @@ from ..errors import ModelUnavailableError
 from ..model_download import ModelDownloader
 from ..transcription import TranscriptionService
 from . import routes_audio, routes_chat, routes_models, routes_pull
+from .admission import Admission, AdmissionControl
 from .body_limit import BodySizeLimit
 from .errors import install_error_handlers
 from .openapi import install_openapi
+from .workers import InFlight, run_in_worker
 
 logger = logging.getLogger(__name__)
 
@@ -38,14 +39,21 @@ def create_app(settings: Settings, engine: VoxtralEngine | None = None) -> FastA
         app.state.chat = ChatService(settings, engine_, app.state.transcription)
         if settings.preload:
             try:
-                await run_in_threadpool(engine_.load)
+                await run_in_worker(engine_.load)
             except ModelUnavailableError as exc:
                 logger.error("preload failed; requests will get 503 until it loads: %s", exc.message)
+        admission.engine = engine_
         yield
+        inflight.stop_all()  # nothing should be left by now; whatever is (a forced exit) stops with the engine
 
     app = FastAPI(title="voxtral-local", version=__version__, lifespan=lifespan)
     install_error_handlers(app)
     install_openapi(app)
+    # Admission and the registry of running work exist with the app, so that the server (api/shutdown.py)
+    # can drain and stop its work on a signal.
+    inflight = app.state.inflight = InFlight()
+    admission = app.state.admission = Admission(settings)
+    app.add_middleware(AdmissionControl, admission=admission, inflight=inflight)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_upload_bytes)
     app.include_router(routes_audio.router)
     app.include_router(routes_chat.router)

@@ -1,15 +1,18 @@
-"""Run blocking engine work in a worker thread, stopping it when the client goes away."""
+"""Run blocking engine work on a thread, stopping it when the client goes away or the server shuts down."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
 from fastapi import Request
-from starlette.concurrency import run_in_threadpool
+
+from ..errors import ServerShuttingDownError
+from .workers import InFlight, run_in_worker
 
 R = TypeVar("R")
 DeltaWork = Callable[[Callable[[str], None], threading.Event], R]
@@ -30,8 +33,16 @@ class Failed:
     error: BaseException
 
 
+def inflight_of(request: Request) -> InFlight:
+    """The app's registry of running model work (created with the app)."""
+    inflight: InFlight = request.app.state.inflight
+    return inflight
+
+
 async def run_until_disconnect(request: Request, work: Callable[[threading.Event], R]) -> R:
-    """Run `work(cancel)` in a thread; `cancel` is set if the client disconnects before it ends."""
+    """Run `work(cancel)` on a thread of its own; `cancel` is set if the client disconnects before it ends,
+    if the server stops its work at the shutdown deadline (then ServerShuttingDownError is raised), or if
+    this task is cancelled (a forced exit), so the engine never computes for nobody."""
     cancel = threading.Event()
 
     async def watch() -> None:
@@ -41,16 +52,19 @@ async def run_until_disconnect(request: Request, work: Callable[[threading.Event
 
     watcher = asyncio.create_task(watch())
     try:
-        return await run_in_threadpool(work, cancel)
+        with inflight_of(request).track(cancel):
+            return await run_in_worker(work, cancel)
     finally:
+        cancel.set()  # harmless once the work has ended
         watcher.cancel()
 
 
-async def stream_deltas(work: DeltaWork[R]) -> AsyncIterator[Delta | Done[R] | Failed]:
-    """Run `work(emit, cancel)` in a thread and yield its deltas as they come, then Done or Failed.
+async def stream_deltas(work: DeltaWork[R], inflight: InFlight) -> AsyncIterator[Delta | Done[R] | Failed]:
+    """Run `work(emit, cancel)` on a thread of its own and yield its deltas as they come, then Done or Failed.
 
     When the consumer stops early (the response was cancelled because the client left), the cancel
-    event is set and the engine stops within a decoding step or two.
+    event is set and the engine stops within a decoding step or two. Work stopped by the shutdown deadline
+    ends with Failed(ServerShuttingDownError).
     """
     loop = asyncio.get_running_loop()
     queue: asyncio.Queue[Delta | Done[R] | Failed] = asyncio.Queue()
@@ -64,17 +78,19 @@ async def stream_deltas(work: DeltaWork[R]) -> AsyncIterator[Delta | Done[R] | F
         try:
             outcome = Done(work(emit, cancel))
         except BaseException as exc:  # handed to the consumer, which reports it in the stream
-            outcome = Failed(exc)
-        loop.call_soon_threadsafe(queue.put_nowait, outcome)
+            outcome = Failed(inflight.shutdown_error(exc))
+        with contextlib.suppress(RuntimeError):  # the loop has closed (a forced exit)
+            loop.call_soon_threadsafe(queue.put_nowait, outcome)
 
-    future = loop.run_in_executor(None, run)
     try:
-        while True:
-            item = await queue.get()
-            yield item
-            if not isinstance(item, Delta):
-                break
+        with inflight.track(cancel):
+            threading.Thread(target=run, name="voxtral-stream", daemon=True).start()
+            while True:
+                item = await queue.get()
+                yield item
+                if not isinstance(item, Delta):
+                    break
+    except ServerShuttingDownError as exc:  # the deadline had passed before the work could start
+        yield Failed(exc)
     finally:
         cancel.set()
-        if not future.done():
-            future.add_done_callback(lambda f: f.exception())  # the thread ends on its own; reap its result

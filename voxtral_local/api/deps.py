@@ -1,4 +1,7 @@
-"""Dependencies that hand routes the objects the lifespan created."""
+"""Dependencies that hand routes the objects the lifespan created.
+
+They are `async def`: they only read `app.state`, and a sync dependency would be run on the shared worker
+thread pool, so `/health` would wait behind whatever request work fills it."""
 
 from __future__ import annotations
 
@@ -13,23 +16,23 @@ from ..model_download import ModelDownloader
 from ..transcription import TranscriptionService
 
 
-def get_settings(request: Request) -> Settings:
+async def get_settings(request: Request) -> Settings:
     return request.app.state.settings
 
 
-def get_engine(request: Request) -> VoxtralEngine:
+async def get_engine(request: Request) -> VoxtralEngine:
     return request.app.state.engine
 
 
-def get_downloader(request: Request) -> ModelDownloader:
+async def get_downloader(request: Request) -> ModelDownloader:
     return request.app.state.downloader
 
 
-def get_transcription_service(request: Request) -> TranscriptionService:
+async def get_transcription_service(request: Request) -> TranscriptionService:
     return request.app.state.transcription
 
 
-def get_chat_service(request: Request) -> ChatService:
+async def get_chat_service(request: Request) -> ChatService:
     return request.app.state.chat
 
 

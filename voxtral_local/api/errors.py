@@ -23,6 +23,8 @@ STATUS: dict[ErrorKind, tuple[int, str]] = {
     ErrorKind.DOWNLOAD_FAILED: (502, "server_error"),  # the hub (or the way to it) failed
     ErrorKind.STORAGE_FULL: (507, "server_error"),
     ErrorKind.CLIENT_GONE: (499, "invalid_request_error"),  # nginx's "client closed request"; never seen
+    ErrorKind.OVERLOADED: (429, "requests"),  # OpenAI's type for a limit on requests (with rate_limit_exceeded)
+    ErrorKind.SHUTTING_DOWN: (503, "server_error"),
     ErrorKind.INTERNAL: (500, "server_error"),
 }
 
@@ -38,7 +40,10 @@ def error_response(
 def domain_error_response(exc: VoxtralError) -> JSONResponse:
     """The envelope and status for a domain exception."""
     status, type_ = STATUS[exc.kind]
-    return error_response(status, exc.message, type_=type_, param=exc.param, code=exc.code)
+    response = error_response(status, exc.message, type_=type_, param=exc.param, code=exc.code)
+    if exc.retry_after is not None:
+        response.headers["Retry-After"] = str(exc.retry_after)
+    return response
 
 
 def validation_to_domain(exc: ValidationError | RequestValidationError) -> InvalidRequestError:

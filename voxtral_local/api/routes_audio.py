@@ -8,7 +8,6 @@ from typing import Any
 
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse, StreamingResponse
-from starlette.concurrency import run_in_threadpool
 
 from ..formatting import Task, TokenBytes, render, token_logprobs, token_usage, transcript_logprobs
 from ..languages import normalize_language
@@ -25,10 +24,11 @@ from ..protocol import (
 from ..streaming import TextDelta
 from ..transcription import TranscriptionResult
 from . import sse
-from .background import Delta, Done, run_until_disconnect, stream_deltas
+from .background import Delta, Done, inflight_of, run_until_disconnect, stream_deltas
 from .deps import SettingsDep, TranscriptionServiceDep
 from .forms import LIST_FIELDS, audio_form, check_transcription_options, parse_audio_form, upload_bytes
 from .openapi import MODEL_WORK_ERRORS, error_responses, multipart_body
+from .workers import InFlight, run_in_worker
 
 router = APIRouter()
 
@@ -61,9 +61,9 @@ async def create_transcription(request: Request, settings: SettingsDep, service:
     headers = {"X-Voxtral-Ignored-Fields": "prompt"} if params.prompt else {}
     token_bytes = service.engine.token_bytes if "logprobs" in params.include else None
     # Only the head of a long upload is decoded before its first chunk goes to the model; the rest meanwhile.
-    audio = await run_in_threadpool(service.decode_start, data)
+    audio = await run_in_worker(service.decode_start, data)
     if params.stream:
-        await run_in_threadpool(service.engine.load)  # a load failure is a 503, not a stream error
+        await run_in_worker(service.engine.load)  # a load failure is a 503, not a stream error
 
         def work(emit: Callable[[str], None], cancel: threading.Event) -> TranscriptionResult:
             return service.transcribe(
@@ -71,7 +71,7 @@ async def create_transcription(request: Request, settings: SettingsDep, service:
             )
 
         return StreamingResponse(
-            _transcript_events(work, token_bytes),
+            _transcript_events(work, token_bytes, inflight_of(request)),
             media_type="text/event-stream",
             headers={**sse.STREAM_HEADERS, **headers},
         )
@@ -94,7 +94,7 @@ async def create_translation(request: Request, settings: SettingsDep, service: T
     async with audio_form(request, settings) as form:
         upload, params = parse_audio_form(form, settings, TranslationCreateParams)
         data = upload_bytes(upload)
-    samples = await run_in_threadpool(service.decode, data)
+    samples = await run_in_worker(service.decode, data)
     result = await run_until_disconnect(
         request,
         lambda cancel: service.transcribe(
@@ -127,11 +127,12 @@ def _rendered(
 async def _transcript_events(
     work: Callable[[Callable[[str], None], threading.Event], TranscriptionResult],
     token_bytes: TokenBytes | None,
+    inflight: InFlight,
 ) -> AsyncIterator[str]:
     """Delta events, then the done event; with `token_bytes` (include[]=logprobs) each event carries the
     logprobs of the tokens it is the first to show, and the done event those of every token."""
     sent: list[str] = []
-    async for item in stream_deltas(work):
+    async for item in stream_deltas(work, inflight):
         if isinstance(item, Delta):
             sent.append(item.text)
             logprobs = None

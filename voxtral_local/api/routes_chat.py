@@ -10,7 +10,6 @@ from typing import Literal
 
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse, StreamingResponse
-from starlette.concurrency import run_in_threadpool
 
 from ..chat import ChatResult, PreparedChat, logprob_content
 from ..formatting import TokenBytes
@@ -27,10 +26,11 @@ from ..protocol import (
 )
 from ..streaming import TextDelta
 from . import sse
-from .background import Delta, Done, run_until_disconnect, stream_deltas
+from .background import Delta, Done, inflight_of, run_until_disconnect, stream_deltas
 from .deps import ChatServiceDep, SettingsDep
 from .forms import check_model
 from .openapi import MODEL_WORK_ERRORS, error_responses
+from .workers import InFlight, run_in_worker
 
 router = APIRouter()
 
@@ -52,7 +52,7 @@ async def create_chat_completion(
 ) -> Response:
     """OpenAI chat completions; `input_audio` parts, or lotti's top-level `audio` + `language`."""
     check_model(params.model, settings)
-    prepared = await run_in_threadpool(chat.prepare, params)
+    prepared = await run_in_worker(chat.prepare, params)
     completion_id = f"chatcmpl-{uuid.uuid4().hex}"
     created = int(time.time())
     # Unknown fields are accepted (as OpenAI's clients send many), and named, so that none goes unnoticed.
@@ -63,7 +63,7 @@ async def create_chat_completion(
         def work(emit: Callable[[str], None], cancel: threading.Event) -> ChatResult:
             return chat.run(prepared, on_delta=emit, cancel=cancel)
 
-        events = _chunks(work, prepared, completion_id, created, chat.engine.token_bytes)
+        events = _chunks(work, prepared, completion_id, created, chat.engine.token_bytes, inflight_of(request))
         return StreamingResponse(events, media_type="text/event-stream", headers={**sse.STREAM_HEADERS, **headers})
     result = await run_until_disconnect(request, lambda cancel: chat.run(prepared, cancel=cancel))
     logprobs = None
@@ -91,6 +91,7 @@ async def _chunks(
     completion_id: str,
     created: int,
     token_bytes: TokenBytes,
+    inflight: InFlight,
 ) -> AsyncIterator[str]:
     params = prepared.params
     include_usage = bool(params.stream_options and params.stream_options.include_usage)
@@ -113,7 +114,7 @@ async def _chunks(
 
     yield chunk(ChoiceDelta(role="assistant", content=""))
     streamed = 0  # tokens whose logprobs went out with a delta
-    async for item in stream_deltas(work):
+    async for item in stream_deltas(work, inflight):
         if isinstance(item, Delta):
             logprobs = None
             if params.logprobs and isinstance(item.text, TextDelta):  # the tokens this delta first shows

@@ -19,7 +19,7 @@ from ..config import Settings
 from ..errors import InvalidRequestError, ModelUnavailableError
 from ..model_download import is_cached
 from ..streaming import OrderedText
-from .features import TranscriptionFeatures, window_count
+from .features import WINDOW_SAMPLES, TranscriptionFeatures, window_count
 from .generation import Alternatives, FinishReason, RowResult, Sampling
 from .inputs import Inputs, merge_inputs, split_rows
 from .memory import MemoryPlan
@@ -146,6 +146,24 @@ class VoxtralEngine:
         self.model = model
         plan = self.plan
         logger.info("memory budget %.1f GiB, KV cache %d bytes per token", plan.budget / 2**30, plan.kv_per_token)
+
+    def close(self, timeout: float) -> bool:
+        """Stop decoding for good (at process exit): the decoder thread ends after its current step, and work
+        still queued is abandoned. Whether it ended within `timeout` seconds; a thread still inside torch
+        when the interpreter finalizes aborts the process, so the caller must not exit normally otherwise."""
+        if self.scheduler is None:
+            return True
+        self.scheduler.close()
+        return self.scheduler.join(timeout)
+
+    def row_capacity(self) -> int | None:
+        """Rows of full-length chunks (prompt plus token cap) the memory plan holds at once, within
+        VOXTRAL_BATCH_SIZE; None until the model is loaded (the budget depends on the memory left then)."""
+        if self.features is None or self.scheduler is None:
+            return None
+        seconds = self.settings.chunk_seconds
+        windows = math.ceil(seconds * SAMPLE_RATE / WINDOW_SAMPLES)
+        return self.plan.rows(self.features.prompt_length(windows, None) + self.token_cap(seconds))
 
     def token_cap(self, duration_s: float, max_tokens: int | None = None) -> int:
         """New-token cap for a chunk of this length (generous enough for very fast speech), at most

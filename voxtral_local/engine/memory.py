@@ -42,6 +42,14 @@ class MemoryPlan:
         budget = int(budget_gb * GIB) if budget_gb > 0 else min(DEFAULT_BUDGET, int(FREE_FRACTION * free_bytes(device)))
         return cls(budget, kv, per_token, per_window, max_rows)
 
+    def rows(self, tokens_per_row: int) -> int:
+        """How many rows whose caches reach `tokens_per_row` tokens fit the budget at once (KV cache only,
+        within `max_rows`); at least 1."""
+        rows = self.budget // max(1, tokens_per_row * self.kv_per_token)
+        if self.max_rows:
+            rows = min(rows, self.max_rows)
+        return max(1, rows)
+
     def fits(self, rows: int, length: int, prefill_tokens: int, prefill_windows: int) -> bool:
         """Whether `rows` rows with caches of `length` tokens, plus a prefill of this size, fit the budget."""
         if self.max_rows and rows > self.max_rows:

@@ -186,9 +186,15 @@ class Scheduler:
             self._cond.notify()
 
     def close(self) -> None:
+        """Stop the decoder thread after its current step; work still queued is abandoned."""
         with self._cond:
             self._closed = True
             self._cond.notify()
+
+    def join(self, timeout: float) -> bool:
+        """Wait up to `timeout` seconds for the decoder thread to end (after `close`); whether it has."""
+        self._thread.join(timeout)
+        return not self._thread.is_alive()
 
     def _loop(self) -> None:
         with torch.inference_mode():
