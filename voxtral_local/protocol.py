@@ -191,6 +191,9 @@ class TranscriptionTextDoneEvent(BaseModel):
     text: str
     logprobs: list[Logprob] | None = None
     usage: UsageTokens
+    truncated_segments: list[int] | None = Field(
+        None, description="Extension: ids of segments whose generation hit the token cap (absent if none)."
+    )
 
 
 # ---- chat completions -------------------------------------------------------------------------------

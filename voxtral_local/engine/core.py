@@ -162,12 +162,14 @@ class VoxtralEngine:
         on_delta: Callable[[str], None] | None,
         run: Callable[[TokenCallback | None, RowsCallback | None], list[ChunkOutput]],
         stop: Sequence[str] = (),
+        language: str | None = None,
     ) -> list[ChunkOutput]:
         """Call `run(on_token, on_rows)`; with `on_delta`, turn its rows' tokens into ordered text deltas
-        (`run` announces its rows' caps through `on_rows` before they decode)."""
+        (`run` announces its rows' caps through `on_rows` before they decode), rows joined as `language`'s
+        text is (`joining.separator`)."""
         if on_delta is None:
             return run(None, None)
-        assembler = OrderedText(self.decode, eos_token_id=self.eos_token_id, caps=(), stop=stop)
+        assembler = OrderedText(self.decode, eos_token_id=self.eos_token_id, caps=(), stop=stop, language=language)
         outputs = run(assembler.forward_to(on_delta), assembler.add_rows)
         for delta in assembler.finish([out.text for out in outputs]):
             on_delta(delta)
