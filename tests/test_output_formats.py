@@ -289,13 +289,9 @@ def test_chat_streams_that_hit_the_cap_finish_with_length(capped_url: str) -> No
         )
     )
     assert lotti[-1].choices[0].finish_reason == "length"
-    parts = [{"type": "input_audio", "input_audio": {"data": audio, "format": "wav"}}]
-    chunks = list(
-        client.chat.completions.create(
-            model=MODEL,
-            messages=[{"role": "user", "content": parts}],
-            stream=True,
-            max_tokens=5,  # type: ignore[list-item]
-        )
-    )
+    message: Any = {
+        "role": "user",
+        "content": [{"type": "input_audio", "input_audio": {"data": audio, "format": "wav"}}],
+    }
+    chunks = list(client.chat.completions.create(model=MODEL, messages=[message], stream=True, max_tokens=5))
     assert chunks[-1].choices[0].finish_reason == "length"
