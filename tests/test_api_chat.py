@@ -193,7 +193,7 @@ def test_invalid_json_or_no_body_is_400(base_url: str) -> None:
     response = httpx.post(url, content=b"{not json", headers={"Content-Type": "application/json"})
     assert response.status_code == 400
     assert response.json()["error"] == {
-        "message": "The request body is not valid JSON (Expecting property name enclosed in double quotes).",
+        "message": "The request body is not valid JSON (key must be a string at line 1 column 2).",
         "type": "invalid_request_error",
         "param": None,
         "code": "invalid_json",

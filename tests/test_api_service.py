@@ -41,6 +41,7 @@ def test_health_reports_model_state(base_url: str, client: OpenAI) -> None:
         "model": MODEL,
         "model_available": True,
         "model_loaded": True,
+        "model_error": None,
         "device": "cpu",
         "max_audio_minutes": 180.0,
     }

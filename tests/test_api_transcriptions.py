@@ -206,10 +206,10 @@ def test_granularities_without_brackets_and_string_booleans(base_url: str) -> No
     assert response.json()["segments"][0]["start"] == 0.0
 
 
-def test_json_body_instead_of_multipart_is_400(base_url: str) -> None:
+def test_json_body_instead_of_multipart_is_415(base_url: str) -> None:
     response = httpx.post(f"{base_url}/v1/audio/transcriptions", json={"model": MODEL}, timeout=60)
-    assert response.status_code == 400
-    assert response.json()["error"]["code"] == "missing_required_parameter"
+    assert response.status_code == 415
+    assert response.json()["error"]["code"] == "unsupported_media_type"
 
 
 def test_server_stays_healthy_after_errors(base_url: str, client: OpenAI) -> None:

@@ -99,7 +99,12 @@ class Settings(BaseSettings):
     @property
     def model_is_local(self) -> bool:
         """True when VOXTRAL_MODEL names a directory rather than a hub id."""
-        return self.model.startswith(("/", ".", "~")) or Path(self.model).expanduser().is_dir()
+        if self.model.startswith(("/", ".", "~")):
+            return True
+        try:
+            return Path(self.model).expanduser().is_dir()
+        except OSError:  # a path that cannot be inspected (a name too long, no permission) is still a path
+            return True
 
     @property
     def model_name(self) -> str:

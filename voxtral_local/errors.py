@@ -2,13 +2,42 @@
 
 from __future__ import annotations
 
+import reprlib
 from enum import Enum
+
+# Most characters of client input an error message quotes (a value, a field name, a content type).
+QUOTE_LIMIT = 80
+_REPR = reprlib.Repr()  # Python 3.11's takes no arguments
+_REPR.maxlevel, _REPR.maxdict, _REPR.maxlist, _REPR.maxtuple, _REPR.maxset = 2, 3, 3, 3, 3
+_REPR.maxstring, _REPR.maxother, _REPR.maxlong = 40, 40, 40
+
+
+def quote(value: object, limit: int = QUOTE_LIMIT) -> str:
+    """`value` as an error message shows client input: a string in quotes, anything else as its Python repr,
+    at most about `limit` characters, the rest elided with "..." and how long it was. Cheap on huge input:
+    `reprlib` looks at the first few items of a list and the first characters of a string only."""
+    if isinstance(value, str):
+        if len(value) <= limit:
+            return f"'{value}'"
+        return f"'{value[: limit - 3]}...' ({len(value)} characters)"
+    try:
+        text = _REPR.repr(value)
+    except ValueError:  # an integer past Python's 4300-digit limit on conversion to text
+        text = f"<a {type(value).__name__} too long to show>"
+    extra = f" ({len(value)} items)" if isinstance(value, list | tuple | dict | set) and len(value) > 3 else ""
+    return (text if len(text) <= limit else text[: limit - 3] + "...") + extra
+
+
+def shorten(text: str, limit: int = 200) -> str:
+    """`text` (a library's message, which may hold client input) cut to `limit` characters."""
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 class ErrorKind(Enum):
     """What went wrong, independent of transport."""
 
     INVALID_REQUEST = "invalid_request"
+    UNSUPPORTED_MEDIA_TYPE = "unsupported_media_type"
     PAYLOAD_TOO_LARGE = "payload_too_large"
     MODEL_NOT_FOUND = "model_not_found"
     MODEL_UNAVAILABLE = "model_unavailable"
@@ -40,6 +69,13 @@ class InvalidRequestError(VoxtralError):
 
     kind = ErrorKind.INVALID_REQUEST
     code = "invalid_value"
+
+
+class UnsupportedMediaTypeError(VoxtralError):
+    """The request body is not in a format the endpoint takes (JSON sent where multipart is expected)."""
+
+    kind = ErrorKind.UNSUPPORTED_MEDIA_TYPE
+    code = "unsupported_media_type"
 
 
 class AudioDecodeError(InvalidRequestError):
@@ -80,7 +116,9 @@ class ModelNotFoundError(VoxtralError):
     code = "model_not_found"
 
     def __init__(self, model: str, served: str) -> None:
-        super().__init__(f"The model '{model}' does not exist on this server; it serves '{served}'.", param="model")
+        super().__init__(
+            f"The model {quote(model)} does not exist on this server; it serves '{served}'.", param="model"
+        )
 
 
 class ModelUnavailableError(VoxtralError):
@@ -88,6 +126,19 @@ class ModelUnavailableError(VoxtralError):
 
     kind = ErrorKind.MODEL_UNAVAILABLE
     code = "model_unavailable"
+
+
+class UndecodableOutputError(ModelUnavailableError):
+    """The model generated tokens its tokenizer cannot turn into text (a checkpoint whose LM head is larger
+    than its tokenizer's vocabulary); that request fails with a 503, the server goes on."""
+
+    code = "undecodable_model_output"
+
+    def __init__(self, vocabulary: int) -> None:
+        super().__init__(
+            f"The model generated tokens its tokenizer cannot decode (the tokenizer has {vocabulary} ids; "
+            "the checkpoint's LM head and tokenizer do not match)."
+        )
 
 
 class ModelDownloadError(VoxtralError):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
@@ -127,15 +128,39 @@ def _timestamp(seconds: float, separator: str) -> str:
     return f"{hours:02d}:{minutes:02d}:{secs:02d}{separator}{millis:03d}"
 
 
+# A run of two or more hyphens before ">": "-->" separates a cue's timings, and WebVTT forbids it in cue text.
+_ARROW = re.compile(r"-{2,}>")
+
+
+def cue_lines(text: str) -> list[str]:
+    """A segment's text as the lines of one cue: each line stripped, blank lines dropped (a blank line ends a
+    cue in SRT and WebVTT), every line break Python knows (`str.splitlines`: LF, CR, CRLF, VT, FF, U+0085,
+    U+2028, ...) taken as one, NUL as U+FFFD (as WebVTT's parser reads it), and "-->" written "->". Empty
+    when the text has no visible characters."""
+    lines = (line.replace("\0", "\ufffd").strip() for line in text.splitlines())
+    return [_ARROW.sub("->", line) for line in lines if line]
+
+
+def _vtt_escape(line: str) -> str:
+    """WebVTT cue text: "&", "<" and ">" as character references (W3C WebVTT, "cue text" and its escapes)."""
+    return line.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
 def to_srt(segments: list[Segment]) -> str:
-    """SubRip cues, numbered from 1; chunks with no speech are left out."""
-    cues = [s for s in segments if s.text]
+    """SubRip cues, numbered from 1; chunks with no speech are left out. Each cue's text is `cue_lines`."""
+    cues = [(s, lines) for s in segments if (lines := cue_lines(s.text))]
     return "".join(
-        f"{n}\n{_timestamp(s.start, ',')} --> {_timestamp(s.end, ',')}\n{s.text}\n\n" for n, s in enumerate(cues, 1)
+        f"{n}\n{_timestamp(s.start, ',')} --> {_timestamp(s.end, ',')}\n" + "\n".join(lines) + "\n\n"
+        for n, (s, lines) in enumerate(cues, 1)
     )
 
 
 def to_vtt(segments: list[Segment]) -> str:
-    """WebVTT cues; chunks with no speech are left out."""
-    cues = "".join(f"{_timestamp(s.start, '.')} --> {_timestamp(s.end, '.')}\n{s.text}\n\n" for s in segments if s.text)
+    """WebVTT cues; chunks with no speech are left out. Each cue's text is `cue_lines`, with "&", "<" and ">"
+    escaped (text is not markup)."""
+    cues = "".join(
+        f"{_timestamp(s.start, '.')} --> {_timestamp(s.end, '.')}\n" + "\n".join(map(_vtt_escape, lines)) + "\n\n"
+        for s in segments
+        if (lines := cue_lines(s.text))
+    )
     return "WEBVTT\n\n" + cues

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .errors import InvalidRequestError
+from .errors import InvalidRequestError, quote
 
 LANGUAGE_NAMES: dict[str, str] = {
     "aa": "afar",
@@ -201,7 +201,7 @@ def normalize_language(language: str | None) -> str | None:
     code = language.strip().lower()
     if code not in LANGUAGE_NAMES:
         raise InvalidRequestError(
-            f"Invalid language '{language}': expected an ISO 639-1 code such as 'en' or 'fr'.",
+            f"Invalid language {quote(language)}: expected an ISO 639-1 code such as 'en' or 'fr'.",
             param="language",
         )
     return code

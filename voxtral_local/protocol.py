@@ -5,8 +5,15 @@ from __future__ import annotations
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic_core import PydanticCustomError
 
 ResponseFormat = Literal["json", "text", "srt", "vtt", "verbose_json"]
+# Bounds on the lists of a chat request (a longer one is a 400 naming the field): OpenAI's own limits for
+# messages (2048) and stop (4); 256 content parts per message is far beyond any conversation Voxtral's
+# 32k-token context holds (an audio part takes 375 tokens per 30 s).
+MAX_MESSAGES = 2048
+MAX_CONTENT_PARTS = 256
+MAX_STOP = 4
 TimestampGranularity = Literal["segment", "word"]
 TranscriptionInclude = Literal["logprobs"]
 
@@ -129,6 +136,11 @@ class Health(BaseModel):
     model: str
     model_available: bool
     model_loaded: bool
+    model_error: str | None = Field(
+        None,
+        description="Extension: why the model cannot be served (a missing or unreadable directory, the last "
+        "load failure); null when nothing is known to be wrong.",
+    )
     device: str
     max_audio_minutes: float
 
@@ -139,7 +151,7 @@ class ErrorDetail(BaseModel):
     message: str
     type: str
     param: str | None = None
-    code: str | None = None
+    code: str = Field(description="Always set: a stable name for the kind of error.")
 
 
 class ErrorResponse(BaseModel):
@@ -191,6 +203,9 @@ class TranscriptionTextDoneEvent(BaseModel):
     text: str
     logprobs: list[Logprob] | None = None
     usage: UsageTokens
+    truncated_segments: list[int] | None = Field(
+        None, description="Extension: ids of segments whose generation hit the token cap (absent if none)."
+    )
 
 
 # ---- chat completions -------------------------------------------------------------------------------
@@ -220,11 +235,28 @@ ChatCompletionContentPart = Annotated[
 ]
 
 
+def _at_most(value: object, limit: int, what: str) -> object:
+    """`value` unchanged, unless it is a list longer than `limit`: then a `too_long` error, raised before its
+    items are validated (a million invalid items would otherwise each be validated and reported)."""
+    if isinstance(value, list) and len(value) > limit:
+        raise PydanticCustomError(
+            "too_long",
+            "at most {limit} {what} are allowed, not {count}",
+            {"limit": limit, "what": what, "count": len(value)},
+        )
+    return value
+
+
 class ChatCompletionMessageParam(BaseModel):
     """One message of `messages`: system/developer/user/assistant, text or a list of parts."""
 
     role: Literal["system", "developer", "user", "assistant"]
     content: str | list[ChatCompletionContentPart] | None = None
+
+    @field_validator("content", mode="before")
+    @classmethod
+    def _content_count(cls, value: object) -> object:
+        return _at_most(value, MAX_CONTENT_PARTS, "content parts")
 
 
 class StreamOptions(BaseModel):
@@ -258,11 +290,21 @@ class ChatCompletionCreateParams(BaseModel):
         """The request's fields that this server does not use (any not declared here), sorted."""
         return sorted(self.model_extra or {})
 
+    @field_validator("messages", mode="before")
+    @classmethod
+    def _messages_count(cls, value: object) -> object:
+        return _at_most(value, MAX_MESSAGES, "messages")
+
+    @field_validator("stop", mode="before")
+    @classmethod
+    def _stop_count(cls, value: object) -> object:
+        return _at_most(value, MAX_STOP, "stop strings")
+
     @field_validator("stop")
     @classmethod
     def _stop_list(cls, value: str | list[str] | None) -> str | list[str] | None:
         items = [value] if isinstance(value, str) else value or []
-        if len(items) > 4 or any(not item for item in items):
+        if any(not item for item in items):
             raise ValueError("stop takes at most 4 non-empty strings")
         return value
 

@@ -2,7 +2,8 @@
 
 Row 0 (the first chunk) is streamed live, token by token. A later row's text is held until every row
 before it has finished and been sent, then flushed and streamed live in turn. The deltas joined are
-exactly the final transcript: chunk texts stripped and joined by single spaces. Rows may be added while
+exactly the final transcript: chunk texts stripped and joined as `joining.join_texts` joins them (a space,
+or none between scripts written without spaces). Rows may be added while
 the first ones stream (`add_rows`: the rest of a long upload, decoded meanwhile). Each delta also carries the
 tokens (and their logprobs) whose text it is the first to show.
 """
@@ -12,6 +13,8 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
+
+from .joining import separator
 
 if TYPE_CHECKING:  # the engine imports this module
     from .engine.generation import Alternatives
@@ -92,9 +95,11 @@ class OrderedText:
         eos_token_id: int,
         caps: Sequence[int],
         stop: Sequence[str] = (),
+        language: str | None = None,
     ) -> None:
         self.decode = decode
         self.stop = tuple(stop)
+        self.language = language  # of the transcript (ISO 639-1), for the separator between rows
         self.rows: list[RowText] = []
         self.caps: list[int] = []
         self.done: list[bool] = []
@@ -174,7 +179,7 @@ class OrderedText:
         row = self.rows[self.current]
         starts_row = fresh or len(row.sent) == len(text)
         if starts_row and self.emitted:
-            text = " " + text
+            text = separator(self.emitted[-1][-1], text[0], self.language) + text
         delta = TextDelta(text, *row.unreported())
         self.emitted.append(delta)
         out.append(delta)

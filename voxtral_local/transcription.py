@@ -17,6 +17,7 @@ from .engine.core import RowsCallback
 from .engine.generation import Sampling
 from .engine.prompts import audio_part
 from .engine.scheduler import TokenCallback
+from .joining import join_texts
 
 DeltaCallback = Callable[[str], None]
 
@@ -127,6 +128,7 @@ class TranscriptionService:
             lambda on_token, on_rows: self._generate(
                 chunks, more, max_tokens_per_chunk, language, sampling, instruction, on_token, on_rows, cancel
             ),
+            language=language,
         )
         return self._result(whole[0], chunks, outputs, language, temperature)
 
@@ -206,7 +208,7 @@ class TranscriptionService:
             for i, (chunk, out) in enumerate(zip(chunks, outputs, strict=True))
         ]
         return TranscriptionResult(
-            text=" ".join(s.text for s in segments if s.text),
+            text=join_texts((s.text for s in segments), language),
             duration=round(duration_seconds(samples), 3),
             language=language,
             temperature=temperature,

@@ -10,13 +10,14 @@ from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from ..errors import ErrorKind, InvalidRequestError, VoxtralError
+from ..errors import ErrorKind, InvalidRequestError, VoxtralError, quote, shorten
 from ..protocol import ErrorDetail, ErrorResponse
 
 logger = logging.getLogger(__name__)
 
 STATUS: dict[ErrorKind, tuple[int, str]] = {
     ErrorKind.INVALID_REQUEST: (400, "invalid_request_error"),
+    ErrorKind.UNSUPPORTED_MEDIA_TYPE: (415, "invalid_request_error"),
     ErrorKind.PAYLOAD_TOO_LARGE: (413, "invalid_request_error"),
     ErrorKind.MODEL_NOT_FOUND: (404, "invalid_request_error"),
     ErrorKind.MODEL_UNAVAILABLE: (503, "server_error"),
@@ -29,11 +30,40 @@ STATUS: dict[ErrorKind, tuple[int, str]] = {
 }
 
 
+# The `code` of an error raised as a bare HTTP status (routing, Starlette, middleware) rather than a domain error.
+HTTP_CODES: dict[int, str] = {
+    400: "bad_request",
+    401: "unauthorized",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    408: "request_timeout",
+    413: "request_too_large",
+    415: "unsupported_media_type",
+    429: "rate_limit_exceeded",
+    500: "internal_error",
+    503: "service_unavailable",
+}
+# Longest `message` and `param` an envelope carries; what quotes client input is shorter (`errors.quote`).
+MAX_MESSAGE_CHARS = 1000
+MAX_PARAM_CHARS = 100
+# pydantic's error types for a list or string past its declared bound, as OpenAI's API names them.
+LENGTH_CODES = {"too_long": "array_above_max_length", "string_too_long": "string_above_max_length"}
+
+
 def error_response(
     status: int, message: str, *, type_: str, param: str | None = None, code: str | None = None
 ) -> JSONResponse:
-    """A JSON response holding `{"error": {message, type, param, code}}`."""
-    body = ErrorResponse(error=ErrorDetail(message=message, type=type_, param=param, code=code))
+    """A JSON response holding `{"error": {message, type, param, code}}`; `code` defaults to the status's
+    (`HTTP_CODES`, else `http_<status>`), and message and param are cut to a bounded length."""
+    body = ErrorResponse(
+        error=ErrorDetail(
+            message=shorten(message, MAX_MESSAGE_CHARS),
+            type=type_,
+            param=None if param is None else shorten(param, MAX_PARAM_CHARS),
+            code=code or HTTP_CODES.get(status, f"http_{status}"),
+        )
+    )
     return JSONResponse(body.model_dump(), status_code=status)
 
 
@@ -47,26 +77,32 @@ def domain_error_response(exc: VoxtralError) -> JSONResponse:
 
 
 def validation_to_domain(exc: ValidationError | RequestValidationError) -> InvalidRequestError:
-    """The first validation problem as a 400, naming the field."""
-    first = exc.errors()[0]
+    """The first validation problem as a 400, naming the field; client input is quoted short (`quote`)."""
+    # The most specific problem: a union reports each member's, and the deepest names the actual fault
+    # (an unknown content part's type rather than "content should be a string").
+    first = max(exc.errors(), key=lambda error: len(error.get("loc", ())))
     kind = first.get("type", "")
     if kind == "json_invalid":
-        reason = first.get("ctx", {}).get("error", "")
+        reason = shorten(str(first.get("ctx", {}).get("error", "")))
         return InvalidRequestError(f"The request body is not valid JSON ({reason}).", code="invalid_json")
     loc = [str(part) for part in first.get("loc", ()) if part not in ("body", "query", "path", "header")]
     if not loc:  # the body as a whole: absent, or not an object
         return InvalidRequestError("The request body must be a JSON object.", code="invalid_body")
-    param = loc[0]
-    if kind == "missing":
+    param = shorten(loc[0], MAX_PARAM_CHARS)
+    if kind == "missing":  # named by its whole path (messages.0.role), as pydantic's locations go
+        path = shorten(".".join(loc), MAX_PARAM_CHARS)
         return InvalidRequestError(
-            f"Missing required parameter: '{param}'.", param=param, code="missing_required_parameter"
+            f"Missing required parameter: '{path}'.", param=param, code="missing_required_parameter"
         )
     if kind == "extra_forbidden":
         return InvalidRequestError(
-            f"Unrecognized request argument supplied: '{param}'.", param=param, code="unknown_parameter"
+            f"Unrecognized request argument supplied: {quote(param)}.", param=param, code="unknown_parameter"
         )
     value = first.get("input")
-    return InvalidRequestError(f"Invalid value {value!r} for '{param}': {first.get('msg')}.", param=param)
+    reason = shorten(str(first.get("msg")))
+    return InvalidRequestError(
+        f"Invalid value {quote(value)} for '{param}': {reason}.", param=param, code=LENGTH_CODES.get(kind)
+    )
 
 
 def install_error_handlers(app: FastAPI) -> None:
@@ -83,12 +119,13 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(StarletteHTTPException)
     async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
         type_ = "invalid_request_error" if exc.status_code < 500 else "server_error"
-        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code)
-        response = error_response(exc.status_code, str(exc.detail), type_=type_, code=code)
+        response = error_response(exc.status_code, str(exc.detail), type_=type_)
         response.headers.update(exc.headers or {})  # e.g. a 405's Allow
         return response
 
     @app.exception_handler(Exception)
     async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
         logger.exception("unhandled error", exc_info=exc)
-        return error_response(500, "The server had an error while processing the request.", type_="server_error")
+        return error_response(
+            500, "The server had an error while processing the request.", type_="server_error", code="internal_error"
+        )

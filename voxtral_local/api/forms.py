@@ -14,7 +14,7 @@ from starlette.datastructures import FormData, UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
 
 from ..config import Settings
-from ..errors import InvalidRequestError, ModelNotFoundError
+from ..errors import InvalidRequestError, ModelNotFoundError, UnsupportedMediaTypeError, quote, shorten
 from ..protocol import TranscriptionCreateParams
 from .errors import validation_to_domain
 
@@ -24,15 +24,25 @@ P = TypeVar("P", bound=BaseModel)
 
 # Most form fields a request may carry; the SDK sends fewer than ten.
 MAX_FORM_FIELDS = 64
+# The bodies an audio endpoint parses; anything else (JSON, text, none) is a 415 before the body is read.
+FORM_TYPES = (b"multipart/form-data", b"application/x-www-form-urlencoded")
 
 
 @asynccontextmanager
 async def audio_form(request: Request, settings: Settings) -> AsyncIterator[FormData]:
-    """The request's form, parsed as the body arrives, with the uploaded file kept in memory.
+    """The request's form, parsed as the body arrives, with the uploaded file kept in memory; a body of
+    another type is UnsupportedMediaTypeError (415).
 
     Starlette spools a file part past 1 MiB to a temporary file, one write per ~64 KiB piece through a
     worker thread, and the route would read it all back at once; the body limit bounds what memory holds."""
     content_type, _ = parse_options_header(request.headers.get("Content-Type"))
+    if content_type not in FORM_TYPES:
+        sent = quote(content_type.decode("latin-1")) if content_type else "none"
+        raise UnsupportedMediaTypeError(
+            "This endpoint takes multipart/form-data, as the OpenAI SDK and `curl -F` send it: the audio as the "
+            f"'file' part, the other parameters as form fields (the request's Content-Type is {sent}).",
+            param="file",
+        )
     if content_type != b"multipart/form-data":
         async with request.form(max_files=2, max_fields=MAX_FORM_FIELDS) as form:
             yield form
@@ -43,7 +53,7 @@ async def audio_form(request: Request, settings: Settings) -> AsyncIterator[Form
             parser.spool_max_size = settings.max_upload_bytes
             form = await parser.parse()
     except MultiPartException as exc:
-        raise InvalidRequestError(f"The multipart body could not be parsed: {exc.message}") from exc
+        raise InvalidRequestError(f"The multipart body could not be parsed: {shorten(exc.message)}") from exc
     try:
         yield form
     finally:
@@ -79,11 +89,11 @@ def parse_audio_form(form: FormData, settings: Settings, params_type: type[P]) -
             upload = value
             continue
         if isinstance(value, UploadFile):
-            raise InvalidRequestError(f"'{key}' must be a text field, not a file.", param=key)
+            raise InvalidRequestError(f"{quote(key)} must be a text field, not a file.", param=key)
         if key in LIST_FIELDS:
             fields.setdefault(key, []).append(value)
         elif key in fields:
-            raise InvalidRequestError(f"'{key}' was given more than once.", param=key)
+            raise InvalidRequestError(f"{quote(key)} was given more than once.", param=key)
         else:
             fields[key] = value
     try:

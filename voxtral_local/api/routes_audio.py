@@ -142,8 +142,12 @@ async def _transcript_events(
         elif isinstance(item, Done):
             result: TranscriptionResult = item.result
             done_logprobs = None if token_bytes is None else transcript_logprobs(result, token_bytes)
-            yield sse.event(
-                TranscriptionTextDoneEvent(text="".join(sent), logprobs=done_logprobs, usage=token_usage(result))
+            done = TranscriptionTextDoneEvent(
+                text="".join(sent),
+                logprobs=done_logprobs,
+                usage=token_usage(result),
+                truncated_segments=result.truncated_segments or None,  # headers went out before the cap was hit
             )
+            yield sse.event(done)
         else:
             yield sse.error_event(item.error)

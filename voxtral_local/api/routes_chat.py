@@ -29,6 +29,8 @@ from . import sse
 from .background import Delta, Done, inflight_of, run_until_disconnect, stream_deltas
 from .deps import ChatServiceDep, SettingsDep
 from .forms import check_model
+from .ignored_fields import ignored_fields_header
+from .json_body import openapi_body, read_json
 from .openapi import MODEL_WORK_ERRORS, error_responses
 from .workers import InFlight, run_in_worker
 
@@ -46,18 +48,18 @@ router = APIRouter()
         },
         **error_responses(*MODEL_WORK_ERRORS),
     },
+    openapi_extra=openapi_body(ChatCompletionCreateParams),
 )
-async def create_chat_completion(
-    params: ChatCompletionCreateParams, request: Request, settings: SettingsDep, chat: ChatServiceDep
-) -> Response:
-    """OpenAI chat completions; `input_audio` parts, or lotti's top-level `audio` + `language`."""
+async def create_chat_completion(request: Request, settings: SettingsDep, chat: ChatServiceDep) -> Response:
+    """OpenAI chat completions; `input_audio` parts, or lotti's top-level `audio` + `language`. The JSON body
+    (a `ChatCompletionCreateParams`) is parsed in a worker thread."""
+    params = await read_json(request, ChatCompletionCreateParams)
     check_model(params.model, settings)
     prepared = await run_in_worker(chat.prepare, params)
     completion_id = f"chatcmpl-{uuid.uuid4().hex}"
     created = int(time.time())
     # Unknown fields are accepted (as OpenAI's clients send many), and named, so that none goes unnoticed.
-    ignored = params.ignored_fields
-    headers = {"X-Voxtral-Ignored-Fields": ",".join(ignored)} if ignored else {}
+    headers = ignored_fields_header(params.ignored_fields)
     if params.stream:
 
         def work(emit: Callable[[str], None], cancel: threading.Event) -> ChatResult:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 from fastapi import APIRouter
@@ -22,7 +23,8 @@ def describe_model(settings: Settings, engine: VoxtralEngine) -> Model:
     downloaded = engine.is_downloaded()
     created = 0
     if downloaded and settings.model_is_local:
-        created = int((Path(settings.model).expanduser() / "config.json").stat().st_mtime)
+        with contextlib.suppress(OSError):  # unreadable since `is_downloaded` looked: no date, not a 500
+            created = int((Path(settings.model).expanduser() / "config.json").stat().st_mtime)
     owner = settings.model.split("/", 1)[0] if not settings.model_is_local and "/" in settings.model else "local"
     return Model(id=settings.model_name, created=created, owned_by=owner, downloaded=downloaded, loaded=engine.loaded)
 
@@ -46,11 +48,13 @@ async def retrieve_model(model_id: str, settings: SettingsDep, engine: EngineDep
 
 @router.get("/health", responses=error_responses(403))
 async def health(settings: SettingsDep, engine: EngineDep) -> Health:
-    """Liveness plus model state, in the shape lotti's local services report."""
+    """Liveness plus model state, in the shape lotti's local services report; always 200 while the server
+    runs, the model's problem (if any) in `model_error`."""
     return Health(
         model=settings.model_name,
         model_available=engine.is_downloaded(),
         model_loaded=engine.loaded,
+        model_error=engine.unavailable_reason(),
         device=engine.device_name(),
         max_audio_minutes=settings.max_audio_minutes,
     )

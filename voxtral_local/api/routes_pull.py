@@ -12,7 +12,7 @@ from fastapi import APIRouter, Body
 from fastapi.responses import StreamingResponse
 
 from ..config import Settings
-from ..errors import InvalidRequestError, ModelUnavailableError
+from ..errors import InvalidRequestError, ModelUnavailableError, quote
 from ..model_download import Download, PullProgress
 from ..protocol import ModelPullRequest, ModelPullStatus
 from . import sse
@@ -89,7 +89,7 @@ def _named_model(params: ModelPullRequest, settings: Settings) -> str:
     """The model the request names (default: the served one); 404 for one this server does not serve."""
     if params.model_name and params.model and params.model_name != params.model:
         raise InvalidRequestError(
-            f"'model_name' ({params.model_name!r}) and 'model' ({params.model!r}) name different models.",
+            f"'model_name' ({quote(params.model_name)}) and 'model' ({quote(params.model)}) name different models.",
             param="model",
         )
     name = params.model_name or params.model or settings.model_name

@@ -7,8 +7,8 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from ..errors import VoxtralError
-from .errors import STATUS
+from ..errors import VoxtralError, shorten
+from .errors import MAX_MESSAGE_CHARS, STATUS
 
 DONE = "data: [DONE]\n\n"
 
@@ -25,11 +25,12 @@ def error_event(exc: BaseException) -> str:
     """An error after the stream started: `data: {"error": {...}}`, which the OpenAI SDK raises on."""
     if isinstance(exc, VoxtralError):
         _, type_ = STATUS[exc.kind]
-        error = {"message": exc.message, "type": type_, "param": exc.param, "code": exc.code}
+        message = shorten(exc.message, MAX_MESSAGE_CHARS)
+        error = {"message": message, "type": type_, "param": exc.param, "code": exc.code}
     else:
         logger.error("error while streaming", exc_info=exc)
         error = {"message": "The server had an error while generating.", "type": "server_error", "param": None,
-                 "code": None}  # fmt: skip
+                 "code": "internal_error"}  # fmt: skip
     return f"data: {_json({'error': error})}\n\n"
 
 

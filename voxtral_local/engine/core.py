@@ -16,7 +16,7 @@ from mistral_common.exceptions import MistralCommonException
 
 from ..audio import SAMPLE_RATE
 from ..config import Settings
-from ..errors import InvalidRequestError, ModelUnavailableError
+from ..errors import InvalidRequestError, ModelUnavailableError, UndecodableOutputError, shorten
 from ..model_download import is_cached
 from ..streaming import OrderedText
 from .features import WINDOW_SAMPLES, TranscriptionFeatures, window_count
@@ -72,6 +72,7 @@ class VoxtralEngine:
         self.dtype: torch.dtype | None = None
         self.features: TranscriptionFeatures | None = None
         self.scheduler: Scheduler | None = None
+        self.load_error: str | None = None  # why the last load failed (None once loaded, or never tried)
         self._load_lock = threading.Lock()
 
     @property
@@ -93,10 +94,29 @@ class VoxtralEngine:
             return self.settings.device
 
     def is_downloaded(self) -> bool:
-        """Whether the checkpoint is on this machine (local directory or the Hugging Face cache)."""
+        """Whether the checkpoint is on this machine (local directory or the Hugging Face cache); False for a
+        directory that cannot be read."""
         if self.settings.model_is_local:
-            return (Path(self.settings.model).expanduser() / "config.json").is_file()
+            return self._local_problem() is None
         return is_cached(self.settings.model)
+
+    def unavailable_reason(self) -> str | None:
+        """Why the model cannot be served, as far as known without loading it: a local directory that is
+        missing or unreadable, or the reason the last load failed; None otherwise."""
+        if self.model is not None:
+            return None
+        return (self._local_problem() if self.settings.model_is_local else None) or self.load_error
+
+    def _local_problem(self) -> str | None:
+        """What is wrong with the local model directory (None if its config.json is there)."""
+        config = Path(self.settings.model).expanduser() / "config.json"
+        try:
+            present = config.is_file()
+        except OSError as exc:  # permission denied, a name too long, an I/O error: not just "missing"
+            return f"The model directory '{self.settings.model}' cannot be read: {exc.strerror or exc}."
+        if not present:
+            return f"The model directory '{self.settings.model}' does not exist or holds no config.json."
+        return None
 
     def load(self) -> None:
         """Load model and processor if not yet loaded; raise ModelUnavailableError when that fails."""
@@ -105,7 +125,11 @@ class VoxtralEngine:
         with self._load_lock:
             if self.model is not None:
                 return
-            source = self._source()
+            try:
+                source = self._source()
+            except ModelUnavailableError as exc:
+                self.load_error = exc.message
+                raise
             try:
                 device = resolve_device(self.settings.device)
                 dtype = resolve_dtype(self.settings.dtype, device)
@@ -117,10 +141,12 @@ class VoxtralEngine:
                 model.to(device).eval()
             except Exception as exc:  # any failure to load means "unavailable", with the reason
                 logger.exception("could not load %s", source)
-                raise ModelUnavailableError(
-                    f"The model '{self.settings.model}' could not be loaded: {type(exc).__name__}: {exc}"
-                ) from exc
+                self.load_error = shorten(
+                    f"The model '{self.settings.model}' could not be loaded: {type(exc).__name__}: {exc}", 1000
+                )
+                raise ModelUnavailableError(self.load_error) from exc
             self._serve(model, processor)
+            self.load_error = None
 
     def adopt(self, model: Any, processor: Any) -> None:
         """Serve a model already in memory (the benchmark builds one without writing it to disk)."""
@@ -142,6 +168,7 @@ class VoxtralEngine:
             eos_token_id=int(tokenizer.eos_token_id),
             pad_token_id=int(tokenizer.pad_token_id),
             decode=self.decode,
+            decodable=self._tekken(processor).n_words,
         )
         self.model = model
         plan = self.plan
@@ -180,25 +207,40 @@ class VoxtralEngine:
         on_delta: Callable[[str], None] | None,
         run: Callable[[TokenCallback | None, RowsCallback | None], list[ChunkOutput]],
         stop: Sequence[str] = (),
+        language: str | None = None,
     ) -> list[ChunkOutput]:
         """Call `run(on_token, on_rows)`; with `on_delta`, turn its rows' tokens into ordered text deltas
-        (`run` announces its rows' caps through `on_rows` before they decode)."""
+        (`run` announces its rows' caps through `on_rows` before they decode), rows joined as `language`'s
+        text is (`joining.separator`)."""
         if on_delta is None:
             return run(None, None)
-        assembler = OrderedText(self.decode, eos_token_id=self.eos_token_id, caps=(), stop=stop)
+        assembler = OrderedText(self.decode, eos_token_id=self.eos_token_id, caps=(), stop=stop, language=language)
         outputs = run(assembler.forward_to(on_delta), assembler.add_rows)
         for delta in assembler.finish([out.text for out in outputs]):
             on_delta(delta)
         return outputs
 
+    @staticmethod
+    def _tekken(processor: Any) -> Any:
+        """mistral-common's Tekkenizer behind the processor's tokenizer."""
+        return processor.tokenizer.tokenizer.instruct_tokenizer.tokenizer
+
     def token_bytes(self, token_ids: Sequence[int]) -> list[bytes]:
-        """Each token's own bytes, as the vocabulary holds them (none for a special token)."""
-        tekken = self.processor.tokenizer.tokenizer.instruct_tokenizer.tokenizer
-        return [tekken.id_to_byte_piece(int(token)) for token in token_ids]
+        """Each token's own bytes, as the vocabulary holds them (none for a special token);
+        UndecodableOutputError for an id the tokenizer does not have."""
+        tekken = self._tekken(self.processor)
+        try:
+            return [tekken.id_to_byte_piece(int(token)) for token in token_ids]
+        except Exception as exc:  # mistral-common raises KeyError for an unknown id
+            raise UndecodableOutputError(tekken.n_words) from exc
 
     def decode(self, token_ids: list[int]) -> str:
-        """Text of generated tokens, special tokens left out."""
-        return str(self.processor.tokenizer.decode(token_ids, skip_special_tokens=True))
+        """Text of generated tokens, special tokens left out; UndecodableOutputError if the tokenizer cannot
+        decode them (generation never chooses such ids, see `suppression`: this is the last guard)."""
+        try:
+            return str(self.processor.tokenizer.decode(token_ids, skip_special_tokens=True))
+        except Exception as exc:  # mistral-common raises KeyError for an unknown id
+            raise UndecodableOutputError(self._tekken(self.processor).n_words) from exc
 
     def transcribe(
         self,
@@ -264,7 +306,7 @@ class VoxtralEngine:
         try:
             inputs = chat_inputs(self.processor, conversations)
         except (ValueError, TypeError, AssertionError, MistralCommonException) as exc:  # mistral-common's checks
-            raise InvalidRequestError(f"Invalid messages: {exc}", param="messages") from exc
+            raise InvalidRequestError(f"Invalid messages: {shorten(str(exc))}", param="messages") from exc
         return split_rows(inputs, int(self.model.config.audio_token_id))
 
     def _chat_job(
@@ -358,10 +400,8 @@ class VoxtralEngine:
 
     def _source(self) -> str:
         if self.settings.model_is_local:
-            path = Path(self.settings.model).expanduser()
-            if not (path / "config.json").is_file():
-                raise ModelUnavailableError(
-                    f"The model directory '{self.settings.model}' does not exist or holds no config.json."
-                )
-            return str(path)
+            problem = self._local_problem()
+            if problem is not None:
+                raise ModelUnavailableError(problem)
+            return str(Path(self.settings.model).expanduser())
         return self.settings.model

@@ -172,13 +172,21 @@ class RowSampler:
         return torch.multinomial(scores.softmax(-1), 1, generator=self.generator)[0]
 
 
-def suppression(model: Any, device: torch.device) -> torch.Tensor | None:
-    """-inf at the token ids the checkpoint's generation config suppresses (`suppress_tokens`), else None."""
-    ids = getattr(model.generation_config, "suppress_tokens", None)
-    if not ids:
+def suppression(model: Any, device: torch.device, decodable: int | None = None) -> torch.Tensor | None:
+    """-inf at the token ids the checkpoint's generation config suppresses (`suppress_tokens`) and at every id
+    from `decodable` (the tokenizer's vocabulary size) up to the LM head's size (a checkpoint whose head is
+    larger than its tokenizer would otherwise choose ids nothing can decode); None when nothing is masked.
+    Added to the logits before the log-softmax, so masked ids never appear in logprobs or alternatives."""
+    ids = list(getattr(model.generation_config, "suppress_tokens", None) or ())
+    vocab = int(model.config.text_config.vocab_size)
+    beyond = decodable is not None and decodable < vocab
+    if not ids and not beyond:
         return None
-    bias = torch.zeros(model.config.text_config.vocab_size, device=device)
-    bias[torch.tensor(list(ids), device=device)] = -float("inf")
+    bias = torch.zeros(vocab, device=device)
+    if ids:
+        bias[torch.tensor(ids, device=device)] = -float("inf")
+    if beyond:
+        bias[decodable:] = -float("inf")
     return bias
 
 

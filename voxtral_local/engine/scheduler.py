@@ -123,14 +123,16 @@ class Scheduler:
         eos_token_id: int,
         pad_token_id: int,
         decode: Callable[[list[int]], str],
+        decodable: int | None = None,
     ) -> None:
+        """`decodable`: the tokenizer's vocabulary size; ids from it up are never chosen (`suppression`)."""
         self.model = model
         self.plan = plan
         self.eos_token_id = eos_token_id
         self.pad_token_id = pad_token_id
         self.decode = decode
         self.audio_token_id = int(model.config.audio_token_id)
-        self.suppress = suppression(model, model.device)
+        self.suppress = suppression(model, model.device, decodable)
         self._jobs: list[Job] = []  # in arrival order; a job leaves once all its rows are admitted
         self._rows: list[_Row] = []  # the running batch's rows, in batch order
         self._batch: DecodeBatch | None = None
@@ -364,10 +366,16 @@ class Scheduler:
                     row.job.on_token(row.index, token, choice.logprobs[offset], choice.top[offset])
                 except Exception as exc:  # a broken listener ends its own job only
                     row.job.fail(exc)
-            if row.job.done.is_set() or not self._finished(row):
+            try:
+                done = not row.job.done.is_set() and self._finished(row)
+                if done:
+                    self._store(row)
+            except Exception as exc:  # its text cannot be decoded: that request fails, and no other
+                row.job.fail(exc)
+                done = False
+            if not done:
                 keep.append(first + offset)
                 continue
-            self._store(row)
             finished.add(row.job)
         if len(keep) < len(self._rows):
             self._keep(keep)

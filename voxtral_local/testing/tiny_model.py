@@ -90,12 +90,16 @@ def build_tiny_model(
     logit_scale: float = 30.0,
     config: Any = None,
     silent: bool = False,
+    extra_head_ids: int = 0,
 ) -> Path:
     """Write a random-weight Voxtral checkpoint to `out` and return its path.
 
     `logit_scale` multiplies the LM head so the best token wins by a wide margin: greedy decoding then
     gives the same tokens whether a chunk is decoded alone or in a padded batch. `silent` adds a
     generation config that lets the model emit only end-of-sequence (a model that hears no speech).
+    `extra_head_ids` makes the LM head that many ids larger than the tokenizer, and those ids the most
+    likely by far (the in-vocabulary rows are scaled down 1000-fold): a checkpoint whose head and tokenizer
+    do not match, which greedy decoding would drive to ids the tokenizer cannot decode.
     """
     import torch
     from transformers import VoxtralForConditionalGeneration, VoxtralProcessor, WhisperFeatureExtractor
@@ -105,9 +109,12 @@ def build_tiny_model(
     path.mkdir(parents=True, exist_ok=True)
     write_tekken(path, vocab_tokens=vocab_tokens)
     torch.manual_seed(seed)
-    model = VoxtralForConditionalGeneration(config or tiny_config(NUM_SPECIAL_TOKENS + vocab_tokens))
+    decodable = NUM_SPECIAL_TOKENS + vocab_tokens
+    model = VoxtralForConditionalGeneration(config or tiny_config(decodable + extra_head_ids))
     with torch.no_grad():
         model.lm_head.weight.mul_(logit_scale)
+        if extra_head_ids:
+            model.lm_head.weight[:decodable].mul_(1e-3)
     if silent:
         vocab = model.config.text_config.vocab_size
         model.generation_config.suppress_tokens = [i for i in range(vocab) if i != 2]
