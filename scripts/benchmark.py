@@ -313,6 +313,7 @@ def main() -> None:
     engine = VoxtralEngine(settings)
     engine.adopt(model, processor)
     params = sum(p.numel() for p in model.parameters())
+    weights_mb = sum(p.numel() * p.element_size() for p in model.parameters()) / 2**20
     print(
         f"{args.preset} model, {params / 1e9:.2f} B parameters, {dtype} on {device}; every strategy generates "
         f"{args.tokens_per_30s} new tokens per full 30 s chunk (fewer for shorter chunks)",
@@ -361,26 +362,30 @@ def main() -> None:
                 }
                 results.append(row)
                 print(json.dumps(row), flush=True)
+                if args.json:  # after every row, so that a run cut short keeps the rows it has
+                    write_json(Path(args.json), args, device, weights_mb, results)
     print_ratios(results)
-    if args.json:
-        machine = {
-            "platform": platform.platform(),
-            "python": platform.python_version(),
-            "torch": torch.__version__,
-            "cpu_count": os.cpu_count(),
-            "device": torch.cuda.get_device_name() if device.type == "cuda" else platform.processor() or "cpu",
-        }
-        Path(args.json).write_text(
-            json.dumps(
-                {
-                    "machine": machine,
-                    "preset": args.model or args.preset,
-                    "tokens_per_30s": args.tokens_per_30s,
-                    "results": results,
-                },
-                indent=2,
-            )
-        )
+
+
+def write_json(
+    path: Path, args: argparse.Namespace, device: torch.device, weights_mb: float, results: list[dict[str, Any]]
+) -> None:
+    """The machine, the model (its weights' size in MiB) and every row so far, as JSON."""
+    machine = {
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "cpu_count": os.cpu_count(),
+        "device": torch.cuda.get_device_name() if device.type == "cuda" else platform.processor() or "cpu",
+    }
+    report = {
+        "machine": machine,
+        "preset": args.model or args.preset,
+        "weights_mb": round(weights_mb),
+        "tokens_per_30s": args.tokens_per_30s,
+        "results": results,
+    }
+    path.write_text(json.dumps(report, indent=2))
 
 
 def print_ratios(results: list[dict[str, Any]]) -> None:
