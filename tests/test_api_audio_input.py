@@ -10,6 +10,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import httpx
 import numpy as np
@@ -163,4 +164,36 @@ def test_a_client_leaving_stops_the_decoding_of_the_rest_of_its_upload(
     assert stopped, "the decoding of the rest of the upload went on after the client left"
     decoded = float(stopped[0].split()[3])
     assert decoded < hours * 3600
+    assert httpx.get(f"{base_url}/health", timeout=30).status_code == 200
+
+
+@pytest.mark.parametrize("route", ["translation", "lotti's audio"])
+def test_a_client_leaving_stops_the_decoding_of_its_upload_before_any_answer(
+    base_url: str, caplog: pytest.LogCaptureFixture, route: str
+) -> None:
+    """Translations and chat decode the whole upload before the model starts: a client that gives up while
+    that runs (here: a 0.5 s read timeout) stops the decoding too, instead of leaving it to run for nobody.
+    (Chat `input_audio` takes the same path, but at most 40 minutes of audio: too little to catch.)"""
+    caplog.set_level(logging.INFO, logger="voxtral_local")
+    hours = 2.5
+    data = long_wav(hours)
+    audio = base64.b64encode(data).decode()
+    request: dict[str, Any]
+    if route == "translation":
+        request = {"url": "/v1/audio/translations", "files": {"file": ("long.wav", data)}, "data": {"model": MODEL}}
+    else:
+        text = [{"role": "user", "content": "Transcribe."}]
+        request = {"url": "/v1/chat/completions", "json": {"model": MODEL, "messages": text, "audio": audio}}
+    caplog.clear()
+    with (
+        httpx.Client(base_url=base_url, timeout=httpx.Timeout(60, read=0.5)) as client,
+        pytest.raises(httpx.ReadTimeout),
+    ):
+        client.post(**request)
+    deadline = time.monotonic() + 60
+    stopped: list[str] = []
+    while not stopped and time.monotonic() < deadline:
+        stopped = [r.getMessage() for r in caplog.records if r.getMessage().startswith("decoding stopped after")]
+        time.sleep(0.1)
+    assert stopped, "the decoding went on after the client left"
     assert httpx.get(f"{base_url}/health", timeout=30).status_code == 200

@@ -152,7 +152,9 @@ def _decode_with_soundfile(
     if samples is None:
         return None
     stop_if_cancelled(cancel, frames / info.samplerate)
-    return resample(samples, info.samplerate, SAMPLE_RATE), complete
+    resampled = resample(samples, info.samplerate, SAMPLE_RATE, cancel=cancel)
+    stop_if_cancelled(cancel, frames / info.samplerate)  # a cut-short resampling is never used
+    return resampled, complete
 
 
 def _read_soundfile(data: bytes, info: Any, cancel: threading.Event | None) -> np.ndarray | None:

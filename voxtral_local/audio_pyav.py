@@ -67,7 +67,7 @@ def decode_with_pyav(
             until = None
         elif until is not None and expected - TRUNCATION_TOLERANCE_S > max_seconds:
             raise AudioTooLongError(max_seconds, 0.0)  # told by the header, before decoding the whole
-        blocks = BlockResampler()
+        blocks = BlockResampler(cancel)
         decoded = 0.0  # seconds, counted on the decoder's own sample rate as frames arrive
         complete = True
         try:
@@ -82,6 +82,7 @@ def decode_with_pyav(
                     complete = False
                     break
             samples = blocks.finish()
+            stop_if_cancelled(cancel, decoded)  # a cut-short resampling is never used
         except (av.FFmpegError, ValueError) as exc:
             where = f"after {decoded:.1f} s" if decoded else "at the start"
             raise AudioDecodeError(
@@ -120,7 +121,8 @@ class BlockResampler:
 
     BLOCK_SECONDS = 10
 
-    def __init__(self) -> None:
+    def __init__(self, cancel: threading.Event | None = None) -> None:
+        self.cancel = cancel  # handed to the resampler: once set, the result is incomplete (discard it)
         self.pieces: list[np.ndarray] = []
         self.run: list[np.ndarray] = []
         self.fifo: av.AudioFifo | None = None
@@ -155,7 +157,7 @@ class BlockResampler:
             self._convert(rest)
         self._convert(None)
         if self.run:
-            self.pieces.append(resample(np.concatenate(self.run), self.layout[2], SAMPLE_RATE))
+            self.pieces.append(resample(np.concatenate(self.run), self.layout[2], SAMPLE_RATE, cancel=self.cancel))
         self.run, self.fifo, self.converter = [], None, None
 
     def _convert(self, frame: av.AudioFrame | None) -> None:

@@ -60,8 +60,11 @@ class PreparedChat:
     language: str | None = None
 
 
-def decode_base64_audio(data: str, *, param: str, max_seconds: float) -> np.ndarray:
-    """Base64 (optionally a `data:` URL) to mono 16 kHz samples."""
+def decode_base64_audio(
+    data: str, *, param: str, max_seconds: float, cancel: threading.Event | None = None
+) -> np.ndarray:
+    """Base64 (optionally a `data:` URL) to mono 16 kHz samples; InvalidRequestError naming `param` for bad
+    base64 or audio, GenerationCancelledError once `cancel` is set (checked while decoding)."""
     if data.startswith("data:"):
         data = data.partition(",")[2]
     try:
@@ -69,7 +72,7 @@ def decode_base64_audio(data: str, *, param: str, max_seconds: float) -> np.ndar
     except (binascii.Error, ValueError) as exc:
         raise InvalidRequestError(f"'{param}' is not valid base64 audio.", param=param) from exc
     try:
-        return decode_audio(raw, max_seconds=max_seconds)
+        return decode_audio(raw, max_seconds=max_seconds, cancel=cancel)
     except InvalidRequestError as exc:
         exc.param = param
         raise
@@ -83,8 +86,9 @@ class ChatService:
         self.engine = engine
         self.transcription = transcription
 
-    def prepare(self, params: ChatCompletionCreateParams) -> PreparedChat:
-        """Validate and decode (blocking). Raises InvalidRequestError for anything the model cannot take."""
+    def prepare(self, params: ChatCompletionCreateParams, cancel: threading.Event | None = None) -> PreparedChat:
+        """Validate and decode (blocking). Raises InvalidRequestError for anything the model cannot take, and
+        GenerationCancelledError once `cancel` is set while audio is being decoded."""
         if params.top_logprobs and not params.logprobs:
             raise InvalidRequestError("'top_logprobs' needs 'logprobs': true.", param="top_logprobs")
         if params.logprobs and params.audio is not None:
@@ -94,11 +98,11 @@ class ChatService:
                 param="logprobs",
             )
         if params.audio is not None:
-            return self._prepare_recording(params)
+            return self._prepare_recording(params, cancel)
         language = normalize_language(params.language)
         if language is not None:
             raise InvalidRequestError("'language' applies only together with 'audio'.", param="language")
-        return PreparedChat(params=params, conversation=self._conversation(params.messages))
+        return PreparedChat(params=params, conversation=self._conversation(params.messages, cancel))
 
     def run(
         self,
@@ -154,7 +158,7 @@ class ChatService:
             top=out.top,
         )
 
-    def _prepare_recording(self, params: ChatCompletionCreateParams) -> PreparedChat:
+    def _prepare_recording(self, params: ChatCompletionCreateParams, cancel: threading.Event | None) -> PreparedChat:
         assert params.audio is not None
         if any(isinstance(m.content, list) and _audio_parts(m) for m in params.messages):
             raise InvalidRequestError(
@@ -164,7 +168,9 @@ class ChatService:
         if params.stop:
             raise InvalidRequestError("'stop' is not supported together with 'audio'.", param="stop")
         language = normalize_language(params.language)
-        recording = decode_base64_audio(params.audio, param="audio", max_seconds=self.settings.max_audio_seconds)
+        recording = decode_base64_audio(
+            params.audio, param="audio", max_seconds=self.settings.max_audio_seconds, cancel=cancel
+        )
         texts = [_text_of(m) for m in params.messages if m.role in ("system", "developer", "user")]
         instruction = "\n\n".join(t for t in texts if t.strip()) or DEFAULT_INSTRUCTION
         if language is not None:
@@ -172,7 +178,9 @@ class ChatService:
         self.engine.load()
         return PreparedChat(params=params, recording=recording, instruction=instruction, language=language)
 
-    def _conversation(self, messages: list[ChatCompletionMessageParam]) -> Conversation:
+    def _conversation(
+        self, messages: list[ChatCompletionMessageParam], cancel: threading.Event | None = None
+    ) -> Conversation:
         budget = min(MAX_CHAT_AUDIO_SECONDS, self.settings.max_audio_seconds)
         conversation: Conversation = []
         system: list[str] = []
@@ -203,7 +211,9 @@ class ChatService:
                     continue
                 data = part.input_audio if isinstance(part.input_audio, str) else part.input_audio.data
                 try:
-                    samples = decode_base64_audio(data, param="messages", max_seconds=budget - total_audio)
+                    samples = decode_base64_audio(
+                        data, param="messages", max_seconds=budget - total_audio, cancel=cancel
+                    )
                 except AudioTooLongError as exc:
                     raise InvalidRequestError(
                         f"The audio in 'messages' is longer than {budget / 60:g} minutes, the most Voxtral "

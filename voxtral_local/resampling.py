@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import os
+import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -19,6 +20,9 @@ import soxr
 MIN_PART_SECONDS = 60.0  # shorter audio is not worth a thread
 MARGIN_SECONDS = 0.1  # soxr HQ's transients last well under 10 ms
 MAX_WORKERS = 8
+# With a cancel event, long audio is resampled in pieces of at most this many seconds, the event looked at
+# before each: a request that goes away stops within a piece's work (well under a second).
+MAX_PIECE_SECONDS = 600.0
 
 
 def workers() -> int:
@@ -33,19 +37,28 @@ def part_count(samples: int, rate: int, parts: int | None = None) -> int:
     return min(parts or workers(), int(samples / (MIN_PART_SECONDS * rate)))
 
 
-def resample(samples: np.ndarray, rate: int, target: int, parts: int | None = None) -> np.ndarray:
-    """Mono float32 `samples` at `rate` Hz resampled to `target` Hz (`parts`: threads; default: the cores)."""
+def resample(
+    samples: np.ndarray, rate: int, target: int, parts: int | None = None, cancel: threading.Event | None = None
+) -> np.ndarray:
+    """Mono float32 `samples` at `rate` Hz resampled to `target` Hz (`parts`: threads; default: the cores).
+
+    With `cancel`, audio longer than MAX_PIECE_SECONDS is done in pieces of at most that length, and pieces
+    not yet started once `cancel` is set are skipped: the result is then incomplete, and the caller, who set
+    or watches `cancel`, must discard it."""
     if rate == target or samples.size == 0:
         return samples
     step_in, step_out = rate // math.gcd(rate, target), target // math.gcd(rate, target)
     count = samples.shape[0]
-    parts = part_count(count, rate, parts)
-    if parts < 2:
+    threads = part_count(count, rate, parts)
+    pieces = max(threads, math.ceil(count / (MAX_PIECE_SECONDS * rate))) if cancel is not None else threads
+    if pieces < 2:
         return np.asarray(soxr.resample(samples, rate, target, quality="HQ"), dtype=np.float32)
-    bounds = [round(count * i / parts / step_in) * step_in for i in range(parts)] + [count]
+    bounds = [round(count * i / pieces / step_in) * step_in for i in range(pieces)] + [count]
     margin = math.ceil(MARGIN_SECONDS * rate / step_in) * step_in
 
     def one(i: int) -> np.ndarray:
+        if cancel is not None and cancel.is_set():
+            return np.zeros(0, dtype=np.float32)
         start, stop = bounds[i], bounds[i + 1]
         low, high = max(0, start - margin), min(count, stop + margin)
         out = soxr.resample(samples[low:high], rate, target, quality="HQ")
@@ -54,5 +67,5 @@ def resample(samples: np.ndarray, rate: int, target: int, parts: int | None = No
             return np.asarray(out[skip:], dtype=np.float32)
         return np.asarray(out[skip : skip + (stop - start) // step_in * step_out], dtype=np.float32)
 
-    with ThreadPoolExecutor(parts, thread_name_prefix="resample") as pool:
-        return np.concatenate(list(pool.map(one, range(parts))))
+    with ThreadPoolExecutor(max(1, threads), thread_name_prefix="resample") as pool:
+        return np.concatenate(list(pool.map(one, range(pieces))))

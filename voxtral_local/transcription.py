@@ -88,14 +88,18 @@ class TranscriptionService:
         once `cancel` is set."""
         return decode_audio(data, max_seconds=self.settings.max_audio_seconds, cancel=cancel)
 
-    def decode_start(self, data: bytes) -> np.ndarray | PartialUpload:
+    def decode_start(self, data: bytes, cancel: threading.Event | None = None) -> np.ndarray | PartialUpload:
         """The whole upload if it is short; else its first chunk length and a second, the rest to be decoded
         while the first chunk is transcribed (a streamed response starts within one chunk's work). What the
-        head shows is checked here; a fault further in is raised by `transcribe`, after the first words."""
+        head shows is checked here; a fault further in is raised by `transcribe`, after the first words.
+        A file whose length no header states exactly is decoded whole here: GenerationCancelledError once
+        `cancel` is set."""
         # Past one chunk length the first cut is final (it falls in the last seconds before that length);
         # the extra second keeps it clear of the resampler's edge at the head's end.
         head_seconds = self.settings.chunk_seconds + 1
-        head, complete = decode_head(data, seconds=head_seconds, max_seconds=self.settings.max_audio_seconds)
+        head, complete = decode_head(
+            data, seconds=head_seconds, max_seconds=self.settings.max_audio_seconds, cancel=cancel
+        )
         return head if complete else PartialUpload(data, head)
 
     def transcribe(

@@ -61,7 +61,8 @@ async def create_transcription(request: Request, settings: SettingsDep, service:
     headers = {"X-Voxtral-Ignored-Fields": "prompt"} if params.prompt else {}
     token_bytes = service.engine.token_bytes if "logprobs" in params.include else None
     # Only the head of a long upload is decoded before its first chunk goes to the model; the rest meanwhile.
-    audio = await run_in_worker(service.decode_start, data)
+    # Decoding stops if the client leaves (or at the shutdown deadline), as generation does.
+    audio = await run_until_disconnect(request, lambda cancel: service.decode_start(data, cancel))
     if params.stream:
         await run_in_worker(service.engine.load)  # a load failure is a 503, not a stream error
 
@@ -94,7 +95,7 @@ async def create_translation(request: Request, settings: SettingsDep, service: T
     async with audio_form(request, settings) as form:
         upload, params = parse_audio_form(form, settings, TranslationCreateParams)
         data = upload_bytes(upload)
-    samples = await run_in_worker(service.decode, data)
+    samples = await run_until_disconnect(request, lambda cancel: service.decode(data, cancel))
     result = await run_until_disconnect(
         request,
         lambda cancel: service.transcribe(

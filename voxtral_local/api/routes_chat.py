@@ -32,7 +32,7 @@ from .forms import check_model
 from .ignored_fields import ignored_fields_header
 from .json_body import openapi_body, read_json
 from .openapi import MODEL_WORK_ERRORS, error_responses
-from .workers import InFlight, run_in_worker
+from .workers import InFlight
 
 router = APIRouter()
 
@@ -55,7 +55,7 @@ async def create_chat_completion(request: Request, settings: SettingsDep, chat: 
     (a `ChatCompletionCreateParams`) is parsed in a worker thread."""
     params = await read_json(request, ChatCompletionCreateParams)
     check_model(params.model, settings)
-    prepared = await run_in_worker(chat.prepare, params)
+    prepared = await run_until_disconnect(request, lambda cancel: chat.prepare(params, cancel))
     completion_id = f"chatcmpl-{uuid.uuid4().hex}"
     created = int(time.time())
     # Unknown fields are accepted (as OpenAI's clients send many), and named, so that none goes unnoticed.
