@@ -7,13 +7,16 @@ import logging
 import uvicorn
 
 from .api import create_app
+from .api.access import warn_if_exposed
+from .api.connections import uvicorn_options
 from .config import Settings
 
 
 def main() -> None:
     settings = Settings()
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level=settings.log_level)
+    warn_if_exposed(settings)
+    uvicorn.run(create_app(settings), **uvicorn_options(settings))
 
 
 if __name__ == "__main__":

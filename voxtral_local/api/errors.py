@@ -24,6 +24,11 @@ STATUS: dict[ErrorKind, tuple[int, str]] = {
     ErrorKind.STORAGE_FULL: (507, "server_error"),
     ErrorKind.CLIENT_GONE: (499, "invalid_request_error"),  # nginx's "client closed request"; never seen
     ErrorKind.INTERNAL: (500, "server_error"),
+    # Access control and slow clients
+    ErrorKind.UNAUTHENTICATED: (401, "invalid_request_error"),  # as OpenAI answers a wrong key
+    ErrorKind.FORBIDDEN: (403, "invalid_request_error"),
+    ErrorKind.REQUEST_TIMEOUT: (408, "invalid_request_error"),
+    ErrorKind.TOO_MANY_CONNECTIONS: (503, "server_error"),
 }
 
 
