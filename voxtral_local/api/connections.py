@@ -54,7 +54,8 @@ class GuardedH11Protocol(H11Protocol):
       browser's speculative pre-connection); one log line either way (INFO, or DEBUG for the silent case).
     - A connection opened while more than `max_connections` are open gets, for each request it sends while
       the server is still over the cap, a 503 envelope with `Connection: close` and `Retry-After`. Crossing
-      the cap logs one WARNING, and returning under it one INFO, however many requests are refused between.
+      the cap logs one WARNING, and falling (a tenth, at least one) below it one INFO, however many requests
+      are refused between.
     """
 
     header_timeout_s: ClassVar[float] = 10.0
@@ -96,7 +97,8 @@ class GuardedH11Protocol(H11Protocol):
         self._cancel_header_timer()
         super().connection_lost(exc)
         cap = self.max_connections
-        if type(self).over_cap and cap is not None and len(self.connections) <= cap:
+        # Some slack below the cap before saying so, lest every refused connection's close log a line.
+        if type(self).over_cap and cap is not None and len(self.connections) <= cap - max(1, cap // 10):
             type(self).over_cap = False
             logger.info("%d connections open, back within VOXTRAL_MAX_CONNECTIONS=%d", len(self.connections), cap)
 
