@@ -3,6 +3,7 @@ and the startup warning for a server reachable beyond this machine."""
 
 from __future__ import annotations
 
+import asyncio
 import socket
 import time
 from collections.abc import Iterator
@@ -12,6 +13,13 @@ import httpx
 import openai
 import pytest
 from openai import OpenAI
+from starlette.applications import Starlette
+from starlette.routing import WebSocketRoute
+from starlette.testclient import TestClient, WebSocketDenialResponse
+from starlette.types import Message
+from starlette.websockets import WebSocket
+
+from voxtral_local.api.access import AccessGuard, ApiKeyAuth, HostPolicy
 
 from .conftest import FIXTURES, free_port, running_server
 from .server_process import serve_process, start_process
@@ -260,3 +268,40 @@ def test_binding_loopback_does_not_warn(tiny_model_dir: Path, tmp_path: Path) ->
             taken.listen()
             log = startup_log(tiny_model_dir, tmp_path / "d.log", host, taken.getsockname()[1])
         assert "WARNING" not in log and "address already in use" in log.lower()
+
+
+def test_websocket_handshakes_meet_the_same_rules() -> None:
+    """No route is a WebSocket yet, and uvicorn here has no WebSocket library, so Starlette's test client
+    drives the middleware around a small echo app: refusals are the HTTP envelope (ASGI's
+    `websocket.http.response` extension) or, where a server lacks it, a 1008 close."""
+
+    async def echo(websocket: WebSocket) -> None:
+        await websocket.accept()
+        await websocket.send_text("hello")
+        await websocket.close()
+
+    inner = Starlette(routes=[WebSocketRoute("/ws", echo)])
+    app = AccessGuard(ApiKeyAuth(inner, api_key=KEY), hosts=HostPolicy.of(["testserver"]), cors_origins=[APP_ORIGIN])
+    client = TestClient(app)
+    with client.websocket_connect("/ws", headers={"Authorization": f"Bearer {KEY}", "Origin": APP_ORIGIN}) as ws:
+        assert ws.receive_text() == "hello"
+    for headers, status, code in [
+        ({"Authorization": f"Bearer {KEY}", "Origin": "https://evil.example"}, 403, "origin_not_allowed"),
+        ({"Authorization": f"Bearer {KEY}", "Host": "evil.example"}, 403, "host_not_allowed"),
+        ({"Origin": APP_ORIGIN}, 401, "invalid_api_key"),
+    ]:
+        with pytest.raises(WebSocketDenialResponse) as denied, client.websocket_connect("/ws", headers=headers):
+            pass
+        assert denied.value.status_code == status and denied.value.json()["error"]["code"] == code
+
+    sent: list[Message] = []
+
+    async def receive() -> Message:
+        return {"type": "websocket.connect"}
+
+    async def send(message: Message) -> None:
+        sent.append(message)
+
+    scope = {"type": "websocket", "path": "/ws", "headers": [(b"host", b"evil.example")], "extensions": {}}
+    asyncio.run(app(scope, receive, send))
+    assert [m["type"] for m in sent] == ["websocket.close"] and sent[0]["code"] == 1008
