@@ -97,6 +97,14 @@ def test_the_key_opens_every_route(keyed_url: str, scheme: str) -> None:
         assert response.status_code != 401, (path, response.text)
 
 
+def test_a_key_with_spaces_around_or_beyond_ascii_works(tiny_model_dir: Path) -> None:
+    with running_server(model=str(tiny_model_dir), api_key=" clé-secrète ") as url:
+        right = {"Authorization": "Bearer clé-secrète".encode()}
+        assert httpx.get(f"{url}/v1/models", headers=right).status_code == 200
+        wrong = {"Authorization": "Bearer clé-secrète".encode("latin-1")}
+        assert_envelope(httpx.get(f"{url}/v1/models", headers=wrong), 401, "invalid_api_key")
+
+
 def test_health_is_open_without_the_key(keyed_url: str) -> None:
     response = httpx.get(f"{keyed_url}/health")
     assert response.status_code == 200 and response.json()["model"] == "voxtral-tiny"

@@ -181,14 +181,15 @@ class ApiKeyAuth:
 
     def __init__(self, app: ASGIApp, api_key: str) -> None:
         self.app = app
-        self.key = api_key.encode()
+        self.key = api_key.strip().encode()  # header values carry no surrounding whitespace
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] not in ("http", "websocket") or scope["path"] in OPEN_PATHS:
             await self.app(scope, receive, send)
             return
+        # Starlette decodes header bytes as Latin-1: encoding back gives the bytes sent (a UTF-8 key matches).
         scheme, _, token = Headers(scope=scope).get("authorization", "").strip().partition(" ")
-        if scheme.lower() == "bearer" and hmac.compare_digest(token.strip().encode(), self.key):
+        if scheme.lower() == "bearer" and hmac.compare_digest(token.strip().encode("latin-1"), self.key):
             await self.app(scope, receive, send)
             return
         if scheme:
