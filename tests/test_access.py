@@ -99,9 +99,9 @@ def test_the_key_opens_every_route(keyed_url: str, scheme: str) -> None:
 
 def test_a_key_with_spaces_around_or_beyond_ascii_works(tiny_model_dir: Path) -> None:
     with running_server(model=str(tiny_model_dir), api_key=" clé-secrète ") as url:
-        right = {"Authorization": "Bearer clé-secrète".encode()}
+        right = {b"Authorization": "Bearer clé-secrète".encode()}
         assert httpx.get(f"{url}/v1/models", headers=right).status_code == 200
-        wrong = {"Authorization": "Bearer clé-secrète".encode("latin-1")}
+        wrong = {b"Authorization": "Bearer clé-secrète".encode("latin-1")}
         assert_envelope(httpx.get(f"{url}/v1/models", headers=wrong), 401, "invalid_api_key")
 
 

@@ -16,7 +16,8 @@ def main() -> None:
     settings = Settings()
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     warn_if_exposed(settings)
-    uvicorn.run(create_app(settings), **uvicorn_options(settings))
+    options = uvicorn_options(settings)
+    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level=settings.log_level, **options)
 
 
 if __name__ == "__main__":

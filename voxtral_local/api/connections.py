@@ -32,13 +32,11 @@ logger = logging.getLogger(__name__)
 
 
 def uvicorn_options(settings: Settings) -> dict[str, Any]:
-    """Keyword arguments for `uvicorn.run`: address, log level, the guarded h11 protocol, and proxy headers
-    (X-Forwarded-For/-Proto) trusted only from VOXTRAL_FORWARDED_ALLOW_IPS; unset, they are ignored (uvicorn
-    would otherwise trust them from 127.0.0.1, so any local program could forge the logged client)."""
+    """Keyword arguments for `uvicorn.Config`/`uvicorn.run` besides address and log level: the guarded h11
+    protocol, and proxy headers (X-Forwarded-For/-Proto) trusted only from VOXTRAL_FORWARDED_ALLOW_IPS; unset,
+    they are ignored (uvicorn would otherwise trust them from 127.0.0.1, so any local program could forge the
+    logged client)."""
     return {
-        "host": settings.host,
-        "port": settings.port,
-        "log_level": settings.log_level,
         "http": GuardedH11Protocol.configured(settings.header_timeout_s, settings.max_connections),
         "proxy_headers": settings.forwarded_allow_ips is not None,
         "forwarded_allow_ips": settings.forwarded_allow_ips,
