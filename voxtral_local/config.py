@@ -100,7 +100,10 @@ class Settings(BaseSettings):
         30.0, gt=0, description="Seconds the server waits for the next piece of a request body before a 408."
     )
     max_connections: int = Field(
-        128, ge=1, description="Most open client connections; requests on connections beyond it get a 503."
+        256,
+        ge=1,
+        description="Most open client connections; requests on connections beyond it get a 503. Keep it above "
+        "the request queue, so that excess requests get its 429, and within the process's file limit (ulimit -n).",
     )
 
     @field_validator("model")
