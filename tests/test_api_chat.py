@@ -329,7 +329,7 @@ def test_lotti_events_each_arrive_in_one_read(lotti_url: str, recording: bytes) 
     """Each SSE event is one write, so a read never ends inside an event (lotti would drop it)."""
     parsed = urlparse(lotti_url)
     body = lotti_body(recording, stream=True)
-    head = (f"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\naccept: text/event-stream\r\n"
+    head = (f"POST /v1/chat/completions HTTP/1.1\r\nhost: 127.0.0.1\r\naccept: text/event-stream\r\n"
             f"content-type: application/json\r\ncontent-length: {len(body)}\r\n\r\n").encode()  # fmt: skip
     with socket.create_connection((parsed.hostname, parsed.port), timeout=120) as sock:
         sock.sendall(head + body)

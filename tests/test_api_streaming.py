@@ -173,7 +173,7 @@ def test_disconnect_mid_request_stops_generation(small_batch_url: str, long_mp3:
         data={"model": MODEL},
     )
     body = request.read()
-    head = f"POST /v1/audio/transcriptions HTTP/1.1\r\nHost: x\r\nContent-Length: {len(body)}\r\n"
+    head = f"POST /v1/audio/transcriptions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: {len(body)}\r\n"
     head += f"Content-Type: {request.headers['content-type']}\r\n\r\n"
     parsed = urlparse(small_batch_url)
     with counted_forward(engine) as calls:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_MODEL = "mistralai/Voxtral-Mini-3B-2507"
@@ -87,6 +87,38 @@ class Settings(BaseSettings):
         description="Seconds that requests in flight get to finish after SIGTERM/SIGINT; then they are stopped "
         "(a stream ends with an error event, other requests get 503).",
     )
+    # Access control and slow clients (api/access.py, api/timeouts.py, api/connections.py).
+    api_key: SecretStr | None = Field(
+        None,
+        description="When set, every route but /health needs `Authorization: Bearer <key>` (401 otherwise).",
+    )
+    allowed_hosts: str = Field(
+        "",
+        description="Comma-separated extra `Host` names served besides loopback names and VOXTRAL_HOST "
+        "(`*.example.com` matches subdomains, `*` any host); any other Host is a 403 (DNS rebinding).",
+    )
+    cors_origins: str = Field(
+        "",
+        description="Comma-separated origins (`https://app.example`, `null`, `*`) whose browser pages may call "
+        "the server; a request from any other Origin is a 403.",
+    )
+    forwarded_allow_ips: str | None = Field(
+        None,
+        description="Comma-separated proxy addresses trusted to set X-Forwarded-For/-Proto; unset: the headers "
+        "are ignored.",
+    )
+    header_timeout_s: float = Field(
+        10.0, gt=0, description="Seconds a connection may take to send a request's headers before it is closed."
+    )
+    body_timeout_s: float = Field(
+        30.0, gt=0, description="Seconds the server waits for the next piece of a request body before a 408."
+    )
+    max_connections: int = Field(
+        256,
+        ge=1,
+        description="Most open client connections; requests on connections beyond it get a 503. Keep it above "
+        "the request queue, so that excess requests get its 429, and within the process's file limit (ulimit -n).",
+    )
 
     @field_validator("model")
     @classmethod
@@ -95,6 +127,11 @@ class Settings(BaseSettings):
         if not value:
             raise ValueError("VOXTRAL_MODEL must not be empty")
         return value
+
+    @field_validator("api_key", "forwarded_allow_ips", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: object) -> object:
+        return None if isinstance(value, str) and not value.strip() else value
 
     @property
     def model_is_local(self) -> bool:
@@ -128,3 +165,18 @@ class Settings(BaseSettings):
     @property
     def max_audio_seconds(self) -> float:
         return self.max_audio_minutes * 60.0
+
+    @property
+    def allowed_host_names(self) -> list[str]:
+        """VOXTRAL_ALLOWED_HOSTS as a list of lower-case names."""
+        return _split(self.allowed_hosts, lower=True)
+
+    @property
+    def cors_origin_list(self) -> list[str]:
+        """VOXTRAL_CORS_ORIGINS as a list, trailing slashes removed (browsers send none)."""
+        return [origin.rstrip("/") for origin in _split(self.cors_origins, lower=True)]
+
+
+def _split(value: str, *, lower: bool) -> list[str]:
+    items = [item.strip() for item in value.split(",") if item.strip()]
+    return [item.lower() for item in items] if lower else items

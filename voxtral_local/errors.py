@@ -47,6 +47,11 @@ class ErrorKind(Enum):
     OVERLOADED = "overloaded"
     SHUTTING_DOWN = "shutting_down"
     INTERNAL = "internal"
+    # Access control and slow clients
+    UNAUTHENTICATED = "unauthenticated"
+    FORBIDDEN = "forbidden"
+    REQUEST_TIMEOUT = "request_timeout"
+    TOO_MANY_CONNECTIONS = "too_many_connections"
 
 
 class VoxtralError(Exception):
@@ -181,3 +186,31 @@ class ServerShuttingDownError(VoxtralError):
 
     kind = ErrorKind.SHUTTING_DOWN
     code = "server_shutting_down"
+
+
+class AuthenticationError(VoxtralError):
+    """VOXTRAL_API_KEY is set and the request carries no `Authorization: Bearer` key, or another one."""
+
+    kind = ErrorKind.UNAUTHENTICATED
+    code = "invalid_api_key"
+
+
+class ForbiddenError(VoxtralError):
+    """The request comes through a `Host` or from an `Origin` this server does not serve."""
+
+    kind = ErrorKind.FORBIDDEN
+    code = "forbidden"
+
+
+class RequestTimeoutError(VoxtralError):
+    """The client stopped sending its request part-way."""
+
+    kind = ErrorKind.REQUEST_TIMEOUT
+    code = "request_timeout"
+
+
+class TooManyConnectionsError(VoxtralError):
+    """More client connections are open than VOXTRAL_MAX_CONNECTIONS."""
+
+    kind = ErrorKind.TOO_MANY_CONNECTIONS
+    code = "too_many_connections"

@@ -16,10 +16,12 @@ from ..errors import ModelUnavailableError
 from ..model_download import ModelDownloader
 from ..transcription import TranscriptionService
 from . import routes_audio, routes_chat, routes_models, routes_pull
+from .access import install_access_control
 from .admission import Admission, AdmissionControl
 from .body_limit import BodySizeLimit
 from .errors import install_error_handlers
 from .openapi import install_openapi
+from .timeouts import BodyReadTimeout
 from .workers import InFlight, run_in_worker
 
 logger = logging.getLogger(__name__)
@@ -55,6 +57,8 @@ def create_app(settings: Settings, engine: VoxtralEngine | None = None) -> FastA
     admission = app.state.admission = Admission(settings)
     app.add_middleware(AdmissionControl, admission=admission, inflight=inflight)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_upload_bytes)
+    app.add_middleware(BodyReadTimeout, timeout_s=settings.body_timeout_s)
+    install_access_control(app, settings)  # outermost: refusals come before any body is read
     app.include_router(routes_audio.router)
     app.include_router(routes_chat.router)
     app.include_router(routes_models.router)

@@ -27,6 +27,11 @@ STATUS: dict[ErrorKind, tuple[int, str]] = {
     ErrorKind.OVERLOADED: (429, "requests"),  # OpenAI's type for a limit on requests (with rate_limit_exceeded)
     ErrorKind.SHUTTING_DOWN: (503, "server_error"),
     ErrorKind.INTERNAL: (500, "server_error"),
+    # Access control and slow clients
+    ErrorKind.UNAUTHENTICATED: (401, "invalid_request_error"),  # as OpenAI answers a wrong key
+    ErrorKind.FORBIDDEN: (403, "invalid_request_error"),
+    ErrorKind.REQUEST_TIMEOUT: (408, "invalid_request_error"),
+    ErrorKind.TOO_MANY_CONNECTIONS: (503, "server_error"),
 }
 
 
