@@ -160,6 +160,51 @@ def test_a_refused_origin_is_answered_before_its_body_arrives(base_url: str) -> 
     assert time.monotonic() - started < 5
 
 
+@pytest.mark.parametrize(
+    ("host", "origin"),
+    [
+        (b"127.0.0.1", b"http://localhost:\xb2"),  # '\xb2' is '²': str.isdigit() says yes, int() says no
+        (b"localhost:\xb2", b"https://evil.example"),
+        (b"[::1]:\xb9", b"http://[::1]:\xb9"),
+        (b"localhost:123456", b"http://localhost:123456"),
+    ],
+)
+def test_odd_ports_in_host_or_origin_are_refused_not_crashed(base_url: str, host: bytes, origin: bytes) -> None:
+    """Header bytes h11 lets through (Latin-1) as ports: a 403 envelope, never a 500 with a traceback."""
+    port = int(base_url.rsplit(":", 1)[1])
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(b"GET /v1/models HTTP/1.1\r\nHost: " + host + b"\r\nOrigin: " + origin + b"\r\n\r\n")
+        answer = b"".join(iter(lambda: sock.recv(65536), b""))  # until the server closes
+    assert answer.startswith(b"HTTP/1.1 403"), answer[:200]
+    assert b'"host_not_allowed"' in answer or b'"origin_not_allowed"' in answer
+
+
+@pytest.mark.parametrize(
+    ("which", "extra", "status"),
+    [
+        ("keyed", b"Authorization: Bearer wrong\r\nContent-Type: multipart/form-data; boundary=x\r\n", b"401"),
+        ("keyed", b"Content-Type: multipart/form-data; boundary=x\r\n", b"401"),
+        ("open", b"Content-Type: application/json\r\n", b"415"),
+    ],
+)
+def test_an_answer_given_before_the_body_closes_the_connection(
+    keyed_url: str, base_url: str, which: str, extra: bytes, status: bytes
+) -> None:
+    """A refusal sent while most of the declared body is still to come closes the connection, so a client
+    cannot hold it by trickling the rest (the server would otherwise read and discard it with no timeout)."""
+    port = int((keyed_url if which == "keyed" else base_url).rsplit(":", 1)[1])
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(
+            b"POST /v1/audio/transcriptions HTTP/1.1\r\nHost: 127.0.0.1\r\n" + extra
+            + b"Content-Length: 50000000\r\n\r\n--x\r\n"
+        )  # fmt: skip
+        started = time.monotonic()
+        answer = b"".join(iter(lambda: sock.recv(65536), b""))  # until the server closes
+    assert answer.startswith(b"HTTP/1.1 " + status), answer[:200]
+    assert b"connection: close" in answer.lower()
+    assert time.monotonic() - started < 5
+
+
 def test_same_origin_pages_and_navigation_pass(base_url: str) -> None:
     port = base_url.rsplit(":", 1)[1]
     for headers in (

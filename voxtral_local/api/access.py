@@ -22,7 +22,7 @@ from starlette.middleware.cors import CORSMiddleware
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from ..config import Settings
-from ..errors import AuthenticationError, ForbiddenError, VoxtralError
+from ..errors import AuthenticationError, ForbiddenError, VoxtralError, quote
 from .errors import domain_error_response
 
 logger = logging.getLogger(__name__)
@@ -30,7 +30,6 @@ logger = logging.getLogger(__name__)
 LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1")
 UNSPECIFIED_ADDRESSES = ("", "0.0.0.0", "::")
 OPEN_PATHS = frozenset({"/health"})  # answered without the API key (liveness probes)
-QUOTE_LIMIT = 100  # longest piece of a client's header quoted back in a message
 
 
 @dataclass(frozen=True)
@@ -72,13 +71,13 @@ def host_name(value: str) -> str | None:
     value = value.strip().lower()
     if value.startswith("["):
         name, bracket, rest = value[1:].partition("]")
-        if not bracket or (rest and not (rest.startswith(":") and rest[1:].isdigit())):
+        if not bracket or (rest and not (rest.startswith(":") and _is_port(rest[1:]))):
             return None
         return name or None
     name, colon, port = value.rpartition(":")
     if not colon:
         name = value
-    elif not port.isdigit() or ":" in name:
+    elif not _is_port(port) or ":" in name:
         return None
     if name.endswith("."):
         name = name[:-1]  # the fully qualified spelling of the same name
@@ -94,7 +93,7 @@ def _origin_parts(origin: str) -> tuple[str, str, int] | None:
     if name is None:
         return None
     port_text = authority.rpartition(":")[2] if not authority.endswith("]") else ""
-    port = int(port_text) if port_text.isdigit() else (443 if scheme == "https" else 80)
+    port = int(port_text) if _is_port(port_text) else (443 if scheme == "https" else 80)
     return scheme, name, port
 
 
@@ -104,9 +103,10 @@ def same_origin(origin: str, scope: Scope, host: str) -> bool:
     return _origin_parts(origin) is not None and _origin_parts(origin) == _origin_parts(f"{scheme}://{host}")
 
 
-def quoted(value: str) -> str:
-    """A client-supplied value for an error message: repr-quoted and cut to QUOTE_LIMIT characters."""
-    return repr(value if len(value) <= QUOTE_LIMIT else value[:QUOTE_LIMIT] + "...")
+def _is_port(text: str) -> bool:
+    """Whether `text` is a port number as RFC 3986 writes it: ASCII digits only (`str.isdigit` also takes
+    characters such as '²' that `int` refuses), at most five."""
+    return 0 < len(text) <= 5 and text.isascii() and text.isdigit()
 
 
 async def refuse(scope: Scope, receive: Receive, send: Send, error: VoxtralError, headers: dict[str, str]) -> None:
@@ -151,7 +151,7 @@ class AccessGuard:
         hosts = headers.getlist("host")
         name = host_name(hosts[0]) if len(hosts) == 1 else None
         if name is None or not self.hosts.allows(name):
-            shown = quoted(hosts[0]) if len(hosts) == 1 else f"({len(hosts)} Host headers)"
+            shown = quote(hosts[0]) if len(hosts) == 1 else f"({len(hosts)} Host headers)"
             return ForbiddenError(
                 f"Host {shown} is not served here: add the name to VOXTRAL_ALLOWED_HOSTS to allow it.",
                 code="host_not_allowed",
@@ -163,7 +163,7 @@ class AccessGuard:
             if len(origins) == 1 and (listed or same_origin(origin, scope, hosts[0])):
                 return None
             return ForbiddenError(
-                f"Requests from origin {quoted(origins[0]) if len(origins) == 1 else '(several)'} are not allowed: "
+                f"Requests from origin {quote(origins[0]) if len(origins) == 1 else '(several)'} are not allowed: "
                 "add it to VOXTRAL_CORS_ORIGINS to let that site's pages call this server.",
                 code="origin_not_allowed",
             )
@@ -198,7 +198,10 @@ class ApiKeyAuth:
         else:
             message = "You didn't provide an API key: send VOXTRAL_API_KEY's value as `Authorization: Bearer <key>`."
             challenge = "Bearer"
-        await refuse(scope, receive, send, AuthenticationError(message), {"WWW-Authenticate": challenge})
+        # Closing after the answer: the body is left unread, and a connection still sending it would otherwise
+        # be held by a client that trickles it (uvicorn discards it with no timeout).
+        headers = {"WWW-Authenticate": challenge, "Connection": "close"}
+        await refuse(scope, receive, send, AuthenticationError(message), headers)
 
 
 def install_access_control(app: FastAPI, settings: Settings) -> None:

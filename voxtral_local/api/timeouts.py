@@ -73,6 +73,12 @@ class BodyReadTimeout:
             nonlocal response_started
             if outcome is not None and not response_started:
                 return  # the app's reaction to a body that never came is replaced (stalled) or unheard (gone)
+            if message["type"] == "http.response.start" and not body_complete and _has_body(scope):
+                # Answered before the body was read (a 429, 415, 413...): close once it is sent. uvicorn would
+                # discard the rest of the body with no timeout, so a client trickling it would hold the
+                # connection for ever.
+                headers = [(k, v) for k, v in message.get("headers", []) if k.lower() != b"connection"]
+                message = {**message, "headers": [*headers, (b"connection", b"close")]}
             response_started = True
             await send(message)
 
@@ -96,6 +102,15 @@ class BodyReadTimeout:
             response = domain_error_response(error)
             response.headers["Connection"] = "close"
             await response(scope, receive, send)
+
+
+def _has_body(scope: Scope) -> bool:
+    """Whether the request announces a body (a positive Content-Length, or a chunked one)."""
+    headers = Headers(scope=scope)
+    length = headers.get("content-length", "")
+    return (length.isascii() and length.isdigit() and int(length) > 0) or "chunked" in headers.get(
+        "transfer-encoding", ""
+    ).lower()
 
 
 def _client(scope: Scope) -> str:
