@@ -64,7 +64,9 @@ class InFlight:
     """
 
     def __init__(self) -> None:
-        self._lock = threading.Lock()
+        # Re-entrant: a second Ctrl-C runs `stop_all` in a signal handler on the event loop's thread, which may
+        # be inside `track` or `__len__` holding the lock at that moment.
+        self._lock = threading.RLock()
         self._events: set[threading.Event] = set()
         self.draining = False  # a shutdown has begun: new model requests are refused
         self.stopped = False  # the deadline has passed: running work was cancelled
