@@ -39,16 +39,19 @@ def parse_json(body: bytes, model: type[M]) -> M:
         raise validation_to_domain(exc) from exc
 
 
-async def read_json(request: Request, model: type[M]) -> M:
+async def read_json(request: Request, model: type[M], *, default: M | None = None) -> M:
     """The request's body as `model`, parsed and validated in a worker thread: a large body (the body limit
-    allows 100 MiB) never holds the event loop, so other requests and /health go on meanwhile."""
+    allows 100 MiB) never holds the event loop, so other requests and /health go on meanwhile. An empty body
+    is `default` where one is given, else a 400."""
     body = await request.body()
+    if default is not None and not body.strip():
+        return default
     return await run_in_worker(parse_json, body, model)
 
 
-def openapi_body(model: type[BaseModel]) -> dict[str, Any]:
-    """`openapi_extra` declaring a required JSON body of `model`'s schema, for a route that reads the body
-    itself; the schema's `$defs` are inlined (the models are not recursive)."""
+def openapi_body(model: type[BaseModel], *, required: bool = True) -> dict[str, Any]:
+    """`openapi_extra` declaring a JSON body of `model`'s schema (`required` or optional), for a route that
+    reads the body itself; the schema's `$defs` are inlined (the models are not recursive)."""
     schema = model.model_json_schema()
     defs = schema.pop("$defs", {})
 
@@ -62,4 +65,4 @@ def openapi_body(model: type[BaseModel]) -> dict[str, Any]:
             return [inline(item) for item in node]
         return node
 
-    return {"requestBody": {"required": True, "content": {"application/json": {"schema": inline(schema)}}}}
+    return {"requestBody": {"required": required, "content": {"application/json": {"schema": inline(schema)}}}}

@@ -6,9 +6,9 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Literal
 
-from fastapi import APIRouter, Body
+from fastapi import APIRouter, Request
 from fastapi.responses import StreamingResponse
 
 from ..config import Settings
@@ -18,6 +18,7 @@ from ..protocol import ModelPullRequest, ModelPullStatus
 from . import sse
 from .deps import DownloaderDep, EngineDep, SettingsDep
 from .forms import check_model
+from .json_body import openapi_body, read_json
 from .openapi import COMMON_ERRORS, error_responses
 
 router = APIRouter()
@@ -34,16 +35,15 @@ router = APIRouter()
         },
         **error_responses(400, 404, 408, 413, 502, 503, 507, *COMMON_ERRORS),
     },
+    openapi_extra=openapi_body(ModelPullRequest, required=False),
 )
 async def pull_model(
-    settings: SettingsDep,
-    engine: EngineDep,
-    downloader: DownloaderDep,
-    params: Annotated[ModelPullRequest | None, Body()] = None,
+    request: Request, settings: SettingsDep, engine: EngineDep, downloader: DownloaderDep
 ) -> ModelPullStatus | StreamingResponse:
     """Download the served model (a hub id) unless it is complete; a pull that arrives while one runs joins
-    it. With `stream` (the default) the progress comes as server-sent events, else the outcome when done."""
-    params = params or ModelPullRequest()
+    it. With `stream` (the default) the progress comes as server-sent events, else the outcome when done.
+    The optional JSON body (a `ModelPullRequest`) is parsed in a worker thread, as chat bodies are."""
+    params = await read_json(request, ModelPullRequest, default=ModelPullRequest())
     name = _named_model(params, settings)
     if settings.model_is_local:
         return _local_status(settings, name, present=engine.is_downloaded())
