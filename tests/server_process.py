@@ -20,6 +20,20 @@ from .conftest import free_port
 ROOT = Path(__file__).resolve().parent.parent
 
 
+def wait_until_serving(process: subprocess.Popen[bytes], url: str, seconds: float = 60, log: str = "") -> None:
+    """Return once the server at `url` answers `/health`; RuntimeError (with `log`) if `process` ends first or
+    `seconds` pass."""
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            httpx.get(f"{url}/health", timeout=2)
+            return
+        except httpx.TransportError:
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"the server process did not start\n{log}".rstrip()) from None
+            time.sleep(0.1)
+
+
 @dataclass
 class ServerProcess:
     url: str
@@ -73,15 +87,10 @@ def serve_process(model_dir: Path, log_path: Path, **settings: str) -> Iterator[
     process = start_process(model_dir, log_path, port, host="127.0.0.1", **settings)
     server = ServerProcess(f"http://127.0.0.1:{port}", port, log_path, process)
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                httpx.get(f"{server.url}/health", timeout=2)
-                break
-            except httpx.TransportError:
-                if process.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"the server process did not start:\n{server.log()}") from None
-                time.sleep(0.1)
+        try:
+            wait_until_serving(process, server.url)
+        except RuntimeError as exc:
+            raise RuntimeError(f"{exc}\n{server.log()}") from None
         yield server
     finally:
         process.terminate()

@@ -36,8 +36,10 @@ class HeldRequest:
         content = request.read()
         self._released = threading.Event()
         self.response: httpx.Response | None = None
+        self.headers_sent = threading.Event()
 
         def chunks() -> Iterator[bytes]:
+            self.headers_sent.set()  # httpx asks for the body once the headers are written
             yield content[: len(content) // 2]
             self._released.wait(120)
             yield content[len(content) // 2 :]
@@ -48,6 +50,10 @@ class HeldRequest:
 
         self._thread = threading.Thread(target=send, daemon=True)
         self._thread.start()
+        # A probe sent before the server has read these headers could take the place this request is meant to
+        # hold: wait until they are on the wire, and give the server a moment to read them.
+        assert self.headers_sent.wait(30)
+        time.sleep(0.2)
 
     def release(self) -> httpx.Response:
         self._released.set()

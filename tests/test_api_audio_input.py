@@ -137,6 +137,16 @@ def long_wav(hours: float) -> bytes:
     return buffer.getvalue()
 
 
+def decoding_stopped(caplog: pytest.LogCaptureFixture, seconds: float = 60) -> list[str]:
+    """The server's "decoding stopped after N s" log lines, once there is one (or `seconds` have passed)."""
+    deadline = time.monotonic() + seconds
+    stopped: list[str] = []
+    while not stopped and time.monotonic() < deadline:
+        stopped = [r.getMessage() for r in caplog.records if r.getMessage().startswith("decoding stopped after")]
+        time.sleep(0.1)
+    return stopped
+
+
 def test_a_client_leaving_stops_the_decoding_of_the_rest_of_its_upload(
     base_url: str, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -156,11 +166,7 @@ def test_a_client_leaving_stops_the_decoding_of_the_rest_of_its_upload(
         for line in response.iter_lines():
             if line.startswith("data:"):
                 break  # the first words are in: the rest of the file is being decoded now; leave
-    deadline = time.monotonic() + 60
-    stopped: list[str] = []
-    while not stopped and time.monotonic() < deadline:
-        stopped = [r.getMessage() for r in caplog.records if r.getMessage().startswith("decoding stopped after")]
-        time.sleep(0.1)
+    stopped = decoding_stopped(caplog)
     assert stopped, "the decoding of the rest of the upload went on after the client left"
     decoded = float(stopped[0].split()[3])
     assert decoded < hours * 3600
@@ -190,10 +196,5 @@ def test_a_client_leaving_stops_the_decoding_of_its_upload_before_any_answer(
         pytest.raises(httpx.ReadTimeout),
     ):
         client.post(**request)
-    deadline = time.monotonic() + 60
-    stopped: list[str] = []
-    while not stopped and time.monotonic() < deadline:
-        stopped = [r.getMessage() for r in caplog.records if r.getMessage().startswith("decoding stopped after")]
-        time.sleep(0.1)
-    assert stopped, "the decoding went on after the client left"
+    assert decoding_stopped(caplog), "the decoding went on after the client left"
     assert httpx.get(f"{base_url}/health", timeout=30).status_code == 200

@@ -24,6 +24,7 @@ from openai import OpenAI
 
 from .conftest import FIXTURES, free_port, running_server
 from .hub_mirror import HubMirror, Repo, serve_mirror
+from .server_process import wait_until_serving
 
 REPO = "mistralai/Voxtral-Mini-3B-2507"  # what lotti's download button pulls
 ROOT = Path(__file__).resolve().parent.parent
@@ -63,15 +64,7 @@ def server_process(mirror: HubMirror, home: Path, offline: bool = False) -> Iter
     process = subprocess.Popen([sys.executable, "-m", "voxtral_local"], env=env, cwd=home)
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                httpx.get(f"{url}/health", timeout=1)
-                break
-            except httpx.TransportError:
-                if process.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError("the server process did not start") from None
-                time.sleep(0.1)
+        wait_until_serving(process, url)
         yield url
     finally:
         process.terminate()

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import functools
 import os
-import threading
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +32,7 @@ from voxtral_local.engine.prompts import transcription_inputs
 
 from .conftest import FIXTURES, running_server
 from .spies import spy_forward
+from .test_scheduler import together
 
 DEVICE = torch.device(os.environ.get("GPU_TEST_DEVICE", "cuda"))
 ON_CUDA = DEVICE.type == "cuda"
@@ -152,22 +151,6 @@ def test_kv_cache_merge_needs_one_more_layer_not_a_second_cache() -> None:
     big.merge(joining, room=8)
     torch.cuda.synchronize()
     assert torch.cuda.max_memory_allocated() - start < 2 * layer_bytes
-
-
-def together(work: list[Callable[[], Any]]) -> list[Any]:
-    barrier = threading.Barrier(len(work))
-    results: list[Any] = [None] * len(work)
-
-    def run(i: int) -> None:
-        barrier.wait()
-        results[i] = work[i]()
-
-    threads = [threading.Thread(target=run, args=(i,)) for i in range(len(work))]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    return results
 
 
 def test_scheduler_pools_concurrent_requests_on_the_device(engine: VoxtralEngine, speech: np.ndarray) -> None:

@@ -25,6 +25,7 @@ import pytest
 from voxtral_local.testing.audio_files import encode
 
 from .conftest import FIXTURES, free_port
+from .server_process import wait_until_serving
 from .test_admission import HeldRequest, wait_until
 
 MODEL = "voxtral-tiny"
@@ -49,15 +50,7 @@ def server_process(model_dir: Path, cwd: Path, **settings: str) -> Iterator[tupl
     process = subprocess.Popen([sys.executable, "-m", "voxtral_local"], env=env, cwd=cwd)
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                httpx.get(f"{url}/health", timeout=1)
-                break
-            except httpx.TransportError:
-                if process.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError("the server process did not start") from None
-                time.sleep(0.1)
+        wait_until_serving(process, url, seconds=120)
         yield process, url
     finally:
         if process.poll() is None:
