@@ -168,6 +168,8 @@ def summary(out: Path) -> int:
 
 
 def main() -> None:
+    """The subcommands `scripts/device_check.sh` calls: `env --site DIR` (versions, unmet requirements) and
+    `summary OUT` (the steps against the targets)."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
     env = commands.add_parser("env")

@@ -126,6 +126,7 @@ def one_request(client: httpx.Client, args: argparse.Namespace, audio: bytes, ta
 
 
 def client_loop(args: argparse.Namespace, audio: bytes, tally: Tally, until: float) -> None:
+    """One client: send `args.file` again and again until `until` (time.monotonic()), backing off after a 429."""
     with httpx.Client(base_url=args.url, timeout=args.timeout) as client:
         while time.monotonic() < until:
             pause = one_request(client, args, audio, tally)
@@ -134,6 +135,8 @@ def client_loop(args: argparse.Namespace, audio: bytes, tally: Tally, until: flo
 
 
 def poll_health(args: argparse.Namespace, tally: Tally, stop: threading.Event) -> None:
+    """Poll `/health` every `args.health_interval` s until `stop`, recording each latency (a failure counts
+    as the timeout)."""
     with httpx.Client(base_url=args.url, timeout=HEALTH_TIMEOUT_S) as client:
         while not stop.is_set():
             started = time.monotonic()
@@ -159,6 +162,7 @@ def rss_bytes(pid: int) -> int | None:
 
 
 def watch_rss(pid: int, tally: Tally, stop: threading.Event) -> None:
+    """Sample the resident memory of process `pid` every 0.5 s until `stop`."""
     while True:
         rss = rss_bytes(pid)
         if rss is not None:
@@ -169,6 +173,7 @@ def watch_rss(pid: int, tally: Tally, stop: threading.Event) -> None:
 
 
 def rounded(value: float | None, digits: int = 3) -> float | None:
+    """`value` rounded to `digits`, or None."""
     return None if value is None else round(value, digits)
 
 
@@ -213,6 +218,7 @@ def report(args: argparse.Namespace, tally: Tally, wall_s: float) -> dict[str, A
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    """The command line; exits with a usage error for out-of-range values or a non-loopback URL."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--url", default="http://127.0.0.1:11344", help="the server's base URL")
     parser.add_argument("--clients", type=int, default=8, help=f"concurrent clients, 1 to {MAX_CLIENTS}")
@@ -239,6 +245,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run the load, print the report (and write it as JSON with --json); 1 if any request was lost."""
     args = parse_args(argv)
     audio = args.file.read_bytes()
     if args.model is None:
