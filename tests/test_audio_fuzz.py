@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import struct
 import time
 
 import pytest
@@ -56,3 +58,46 @@ def test_mangled_files_are_decoded_or_refused_cleanly(kind: str) -> None:
         assert time.monotonic() - started < CASE_BOUND_S
 
     check()
+
+
+def wav_with_fmt(tag: int, channels: int, rate: int, byte_rate: int, block_align: int, bits: int) -> bytes:
+    """A RIFF/WAVE file whose 16-byte fmt chunk states exactly these fields, with 32,000 zero bytes of data."""
+    data = bytes(32_000)
+    fmt = struct.pack("<HHIIHH", tag, channels, rate, byte_rate, block_align, bits)
+    return (
+        b"RIFF"
+        + struct.pack("<I", 36 + len(data))
+        + b"WAVEfmt "
+        + struct.pack("<I", 16)
+        + fmt
+        + b"data"
+        + (struct.pack("<I", len(data)) + data)
+    )
+
+
+@pytest.mark.parametrize(
+    ("tag", "bits"),
+    [(1, 0), (1, 65535), (0xFFFE, 16), (3, 16), (3, 0), (0x1234, 16), (0, 16)],
+)
+def test_wav_encodings_no_decoder_reads_are_refused_cleanly(tag: int, bits: int) -> None:
+    """A WAV whose format tag or sample size FFmpeg has no decoder for (PyAV then gives a stream without a
+    codec context): a 400 `invalid_audio`, never another exception."""
+    with pytest.raises(AudioDecodeError):
+        decode_audio(wav_with_fmt(tag, 1, 16_000, 32_000, 2, bits), max_seconds=120)
+
+
+FIELD_16 = st.one_of(st.sampled_from([0, 1, 2, 3, 6, 7, 8, 16, 24, 32, 64, 0xFFFE, 0xFFFF]), st.integers(0, 0xFFFF))
+FIELD_32 = st.one_of(st.sampled_from([0, 1, 8_000, 16_000, 44_100, 48_000, 0x7FFFFFFF]), st.integers(0, 0xFFFFFFFF))
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow], derandomize=True)
+@given(tag=FIELD_16, channels=FIELD_16, rate=FIELD_32, byte_rate=FIELD_32, block_align=FIELD_16, bits=FIELD_16)
+def test_any_wav_fmt_chunk_is_decoded_or_refused_cleanly(
+    tag: int, channels: int, rate: int, byte_rate: int, block_align: int, bits: int
+) -> None:
+    """Every field of a WAV's fmt chunk, whatever its value: decoded, or refused with the decoder's own errors,
+    within the per-case bound."""
+    started = time.monotonic()
+    with contextlib.suppress(AudioDecodeError, AudioTooLongError):
+        decode_audio(wav_with_fmt(tag, channels, rate, byte_rate, block_align, bits), max_seconds=120)
+    assert time.monotonic() - started < CASE_BOUND_S

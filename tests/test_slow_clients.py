@@ -3,6 +3,7 @@ connection cap, bounded logging, and one INFO line for a client that leaves mid-
 
 from __future__ import annotations
 
+import json
 import socket
 import time
 from collections.abc import Iterator
@@ -158,6 +159,30 @@ def test_a_trickling_header_is_closed_too(server: ServerProcess) -> None:
             pytest.fail("the server read a head that took longer than its header timeout")
         waited = time.monotonic() - started
     assert waited < HEADER_TIMEOUT_S + 10
+
+
+@pytest.mark.parametrize(
+    "request_bytes",
+    [
+        b"GET /v1/models HTTP/1.1\r\nConnection: close\r\n\r\n",  # HTTP/1.1 without Host
+        b"GET /v1/models HTTP/1.1\r\nHost: 127.0.0.1\r\nHost: evil.example\r\n\r\n",
+        b"GET /health?x=\xff HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n",
+        b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
+        b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: -1\r\n\r\n",
+    ],
+)
+def test_a_request_http_cannot_parse_gets_the_envelope(server: ServerProcess, request_bytes: bytes) -> None:
+    """What h11 refuses before any app sees it is a 400 in the OpenAI envelope (uvicorn writes plain text),
+    the connection closed, and nothing above WARNING in the log."""
+    with server.connect() as sock:
+        sock.sendall(request_bytes)
+        answer = read_until_closed(sock)
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 400") and b"content-type: application/json" in head.lower(), answer[:300]
+    error = json.loads(body)["error"]
+    assert error["code"] == "invalid_http_request" and error["type"] == "invalid_request_error"
+    assert serves(server)
+    assert "Traceback" not in server.log() and " ERROR " not in server.log()
 
 
 def test_a_silent_connection_is_closed_without_an_answer(server: ServerProcess) -> None:

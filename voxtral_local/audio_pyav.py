@@ -60,6 +60,8 @@ def decode_with_pyav(
         if not opened.streams.audio:
             raise AudioDecodeError("The uploaded file contains no audio stream.")
         stream = opened.streams.audio[0]
+        if stream.codec_context is None:  # FFmpeg has no decoder for it (a WAV with 0 or 65535 bits a sample...)
+            raise AudioDecodeError("The uploaded file's audio is in an encoding that cannot be decoded.")
         check_stream(stream.sample_rate or 0, stream.channels or 0)
         declared = declared or _declared_by_container(container, opened, stream)
         expected = None if declared is None else declared.seconds

@@ -24,7 +24,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from ..config import Settings
-from ..errors import RequestTimeoutError, TooManyConnectionsError
+from ..errors import InvalidRequestError, RequestTimeoutError, TooManyConnectionsError, VoxtralError
 from ..protocol import ErrorDetail, ErrorResponse
 from .errors import STATUS, domain_error_response
 
@@ -100,6 +100,24 @@ class GuardedH11Protocol(H11Protocol):
             type(self).over_cap = False
             logger.info("%d connections open, back within VOXTRAL_MAX_CONNECTIONS=%d", len(self.connections), cap)
 
+    def send_400_response(self, msg: str) -> None:
+        """Answer a request h11 cannot parse (HTTP/1.1 without Host, two Host headers, a bad chunk size, a
+        negative Content-Length, a non-ASCII request target...) with the OpenAI envelope, where uvicorn writes
+        plain text; then close, as uvicorn does."""
+        error = InvalidRequestError(
+            f"The HTTP request is malformed and was not read ({msg.rstrip('.')}).", code="invalid_http_request"
+        )
+        body = _envelope(error)
+        headers = [
+            (b"content-type", b"application/json"),
+            (b"content-length", str(len(body)).encode()),
+            (b"connection", b"close"),
+        ]
+        for event in (h11.Response(status_code=400, headers=headers, reason=b"Bad Request"), h11.Data(data=body)):
+            self.transport.write(self.conn.send(event))
+        self.transport.write(self.conn.send(h11.EndOfMessage()))
+        self.transport.close()
+
     def _arm_header_timer(self) -> None:
         if self._header_timer is None:
             self._header_timer = self.loop.call_later(self.header_timeout_s, self._header_timeout)
@@ -123,15 +141,18 @@ class GuardedH11Protocol(H11Protocol):
         self.transport.close()
 
 
+def _envelope(error: VoxtralError) -> bytes:
+    """The JSON body of `error`'s OpenAI envelope, for answers written below the ASGI app."""
+    _, type_ = STATUS[error.kind]
+    detail = ErrorDetail(message=error.message, type=type_, param=error.param, code=error.code)
+    return json.dumps(ErrorResponse(error=detail).model_dump(), separators=(",", ":")).encode()
+
+
 def _raw_408(timeout_s: float, received: int) -> bytes:
     """A complete HTTP/1.1 408 response with the envelope, written past h11 (which has no request to
     answer) just before the connection closes."""
     error = RequestTimeoutError(f"The request headers did not arrive within {timeout_s:g} s ({received} bytes came).")
-    _, type_ = STATUS[error.kind]
-    body = json.dumps(
-        ErrorResponse(error=ErrorDetail(message=error.message, type=type_, param=None, code=error.code)).model_dump(),
-        separators=(",", ":"),
-    ).encode()
+    body = _envelope(error)
     head = (
         "HTTP/1.1 408 Request Timeout\r\ncontent-type: application/json\r\n"
         f"content-length: {len(body)}\r\nconnection: close\r\n\r\n"
