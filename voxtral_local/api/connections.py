@@ -25,8 +25,7 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from ..config import Settings
 from ..errors import InvalidRequestError, RequestTimeoutError, TooManyConnectionsError, VoxtralError
-from ..protocol import ErrorDetail, ErrorResponse
-from .errors import STATUS, domain_error_response
+from .errors import domain_envelope, domain_error_response
 
 logger = logging.getLogger(__name__)
 
@@ -143,9 +142,8 @@ class GuardedH11Protocol(H11Protocol):
 
 def _envelope(error: VoxtralError) -> bytes:
     """The JSON body of `error`'s OpenAI envelope, for answers written below the ASGI app."""
-    _, type_ = STATUS[error.kind]
-    detail = ErrorDetail(message=error.message, type=type_, param=error.param, code=error.code)
-    return json.dumps(ErrorResponse(error=detail).model_dump(), separators=(",", ":")).encode()
+    _, body = domain_envelope(error)
+    return json.dumps(body.model_dump(), separators=(",", ":")).encode()
 
 
 def _raw_408(timeout_s: float, received: int) -> bytes:

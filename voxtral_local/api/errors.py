@@ -56,12 +56,13 @@ MAX_PARAM_CHARS = 100
 LENGTH_CODES = {"too_long": "array_above_max_length", "string_too_long": "string_above_max_length"}
 
 
-def error_response(
+def envelope(
     status: int, message: str, *, type_: str, param: str | None = None, code: str | None = None
-) -> JSONResponse:
-    """A JSON response holding `{"error": {message, type, param, code}}`; `code` defaults to the status's
-    (`HTTP_CODES`, else `http_<status>`), and message and param are cut to a bounded length."""
-    body = ErrorResponse(
+) -> ErrorResponse:
+    """`{"error": {message, type, param, code}}`; `code` defaults to the status's (`HTTP_CODES`, else
+    `http_<status>`), and message and param are cut to a bounded length. Every error answer is built here:
+    responses, stream error events and the answers written below the app (api/connections.py)."""
+    return ErrorResponse(
         error=ErrorDetail(
             message=shorten(message, MAX_MESSAGE_CHARS),
             type=type_,
@@ -69,13 +70,26 @@ def error_response(
             code=code or HTTP_CODES.get(status, f"http_{status}"),
         )
     )
+
+
+def domain_envelope(exc: VoxtralError) -> tuple[int, ErrorResponse]:
+    """The status and envelope for a domain exception."""
+    status, type_ = STATUS[exc.kind]
+    return status, envelope(status, exc.message, type_=type_, param=exc.param, code=exc.code)
+
+
+def error_response(
+    status: int, message: str, *, type_: str, param: str | None = None, code: str | None = None
+) -> JSONResponse:
+    """A JSON response holding `envelope(...)`."""
+    body = envelope(status, message, type_=type_, param=param, code=code)
     return JSONResponse(body.model_dump(), status_code=status)
 
 
 def domain_error_response(exc: VoxtralError) -> JSONResponse:
-    """The envelope and status for a domain exception."""
-    status, type_ = STATUS[exc.kind]
-    response = error_response(status, exc.message, type_=type_, param=exc.param, code=exc.code)
+    """The envelope and status for a domain exception, with `Retry-After` where the error knows it."""
+    status, body = domain_envelope(exc)
+    response = JSONResponse(body.model_dump(), status_code=status)
     if exc.retry_after is not None:
         response.headers["Retry-After"] = str(exc.retry_after)
     return response

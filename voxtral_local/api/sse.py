@@ -7,8 +7,8 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from ..errors import VoxtralError, shorten
-from .errors import MAX_MESSAGE_CHARS, STATUS
+from ..errors import VoxtralError
+from .errors import domain_envelope, envelope
 
 DONE = "data: [DONE]\n\n"
 
@@ -24,14 +24,11 @@ def event(payload: BaseModel | dict[str, Any]) -> str:
 def error_event(exc: BaseException) -> str:
     """An error after the stream started: `data: {"error": {...}}`, which the OpenAI SDK raises on."""
     if isinstance(exc, VoxtralError):
-        _, type_ = STATUS[exc.kind]
-        message = shorten(exc.message, MAX_MESSAGE_CHARS)
-        error = {"message": message, "type": type_, "param": exc.param, "code": exc.code}
+        _, body = domain_envelope(exc)
     else:
         logger.error("error while streaming", exc_info=exc)
-        error = {"message": "The server had an error while generating.", "type": "server_error", "param": None,
-                 "code": "internal_error"}  # fmt: skip
-    return f"data: {_json({'error': error})}\n\n"
+        body = envelope(500, "The server had an error while generating.", type_="server_error", code="internal_error")
+    return f"data: {_json(body.model_dump())}\n\n"
 
 
 def _json(payload: dict[str, Any]) -> str:
