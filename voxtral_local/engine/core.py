@@ -19,7 +19,7 @@ from ..config import Settings
 from ..errors import InvalidRequestError, ModelUnavailableError, UndecodableOutputError, shorten
 from ..model_download import is_cached
 from ..streaming import OrderedText
-from .features import WINDOW_SAMPLES, TranscriptionFeatures, window_count
+from .features import TranscriptionFeatures, window_count, windows_for
 from .generation import Alternatives, FinishReason, RowResult, Sampling
 from .inputs import Inputs, merge_inputs, split_rows
 from .memory import MemoryPlan
@@ -189,7 +189,7 @@ class VoxtralEngine:
         if self.features is None or self.scheduler is None:
             return None
         seconds = self.settings.chunk_seconds
-        windows = math.ceil(seconds * SAMPLE_RATE / WINDOW_SAMPLES)
+        windows = windows_for(math.ceil(seconds * SAMPLE_RATE))
         return self.plan.rows(self.features.prompt_length(windows, None) + self.token_cap(seconds))
 
     def token_cap(self, duration_s: float, max_tokens: int | None = None) -> int:

@@ -101,7 +101,12 @@ class TranscriptionFeatures:
 
 def window_count(chunk: np.ndarray) -> int:
     """30 s encoder windows a chunk is padded to (at least one)."""
-    return max(1, math.ceil(chunk.shape[0] / WINDOW_SAMPLES))
+    return windows_for(chunk.shape[0])
+
+
+def windows_for(samples: int) -> int:
+    """30 s encoder windows `samples` samples at 16 kHz are padded to (at least one)."""
+    return max(1, math.ceil(samples / WINDOW_SAMPLES))
 
 
 def _pcm16_round_trip(samples: np.ndarray) -> np.ndarray:
