@@ -39,12 +39,12 @@ os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from voxtral_local.audio import SAMPLE_RATE, decode_audio  # noqa: E402
-from voxtral_local.chunking import split_audio  # noqa: E402
+from voxtral_local.audio.chunking import split_audio  # noqa: E402
+from voxtral_local.audio.decode import SAMPLE_RATE, decode_audio  # noqa: E402
+from voxtral_local.backends.transformers import TransformersBackend  # noqa: E402
+from voxtral_local.backends.transformers.generation import Sampling  # noqa: E402
+from voxtral_local.backends.transformers.prompts import transcription_inputs  # noqa: E402
 from voxtral_local.config import Settings  # noqa: E402
-from voxtral_local.engine import VoxtralEngine  # noqa: E402
-from voxtral_local.engine.generation import Sampling  # noqa: E402
-from voxtral_local.engine.prompts import transcription_inputs  # noqa: E402
 from voxtral_local.testing.audio_files import encode, silence, speak  # noqa: E402
 from voxtral_local.testing.tiny_model import NUM_SPECIAL_TOKENS, tiny_config, write_tekken  # noqa: E402
 
@@ -173,12 +173,12 @@ def steal_percent(before: tuple[int, int] | None, after: tuple[int, int] | None)
     return round(100 * (after[0] - before[0]) / (after[1] - before[1]), 1)
 
 
-def chunk_caps(engine: VoxtralEngine, samples: np.ndarray) -> tuple[list[np.ndarray], list[int]]:
+def chunk_caps(engine: TransformersBackend, samples: np.ndarray) -> tuple[list[np.ndarray], list[int]]:
     chunks = split_audio(samples, max_chunk_s=engine.settings.chunk_seconds)
     return [c.samples for c in chunks], [engine.token_cap(c.duration_s) for c in chunks]
 
 
-def generate_forced(engine: VoxtralEngine, inputs: Any, tokens: int) -> int:
+def generate_forced(engine: TransformersBackend, inputs: Any, tokens: int) -> int:
     batch = {k: v.to(engine.device) for k, v in inputs.items()}
     batch["input_features"] = batch["input_features"].to(engine.dtype)
     with torch.inference_mode():
@@ -186,14 +186,14 @@ def generate_forced(engine: VoxtralEngine, inputs: Any, tokens: int) -> int:
     return int(out.shape[1] - batch["input_ids"].shape[1]) * out.shape[0]
 
 
-def run_native(engine: VoxtralEngine, mp3: bytes) -> int:
+def run_native(engine: TransformersBackend, mp3: bytes) -> int:
     samples = decode_audio(mp3, max_seconds=4 * 3600)
     _, caps = chunk_caps(engine, samples)
     inputs = transcription_inputs(engine.processor, [samples], language="en", model_id="voxtral")
     return generate_forced(engine, inputs, sum(caps))
 
 
-def run_sequential(engine: VoxtralEngine, mp3: bytes) -> int:
+def run_sequential(engine: TransformersBackend, mp3: bytes) -> int:
     samples = decode_audio(mp3, max_seconds=4 * 3600)
     chunks, caps = chunk_caps(engine, samples)
     return sum(
@@ -202,14 +202,14 @@ def run_sequential(engine: VoxtralEngine, mp3: bytes) -> int:
     )
 
 
-def run_engine(engine: VoxtralEngine, mp3: bytes) -> int:
+def run_engine(engine: TransformersBackend, mp3: bytes) -> int:
     samples = decode_audio(mp3, max_seconds=4 * 3600)
     chunks, caps = chunk_caps(engine, samples)
     outputs = engine.transcribe(chunks, language="en", sampling=Sampling(min_new_tokens=max(caps)))
     return sum(len(o.token_ids) for o in outputs)
 
 
-def run_preprocess(engine: VoxtralEngine, mp3: bytes) -> int:
+def run_preprocess(engine: TransformersBackend, mp3: bytes) -> int:
     samples = decode_audio(mp3, max_seconds=4 * 3600)
     chunks, _ = chunk_caps(engine, samples)
     assert engine.features is not None and engine.device is not None
@@ -217,7 +217,7 @@ def run_preprocess(engine: VoxtralEngine, mp3: bytes) -> int:
     return 0
 
 
-def run_http(base_url: str, model: str, mp3: bytes, engine: VoxtralEngine) -> tuple[int, float, float]:
+def run_http(base_url: str, model: str, mp3: bytes, engine: TransformersBackend) -> tuple[int, float, float]:
     """Full transcript through the SDK, then a streamed request for its first delta.
 
     Returns the tokens and wall seconds of the full transcript, and the seconds to the first delta."""
@@ -264,7 +264,7 @@ def run_concurrent(base_url: str, model: str, mp3: bytes, clients: int) -> int:
 
 
 @contextmanager
-def http_server(settings: Settings, engine: VoxtralEngine) -> Iterator[str]:
+def http_server(settings: Settings, engine: TransformersBackend) -> Iterator[str]:
     import uvicorn
 
     from voxtral_local.api import create_app
@@ -310,7 +310,7 @@ def main() -> None:
     port = args.port or free_port()
     settings = Settings(_env_file=None, model="benchmark", port=port, max_tokens_per_audio_second=rate)
     model, processor = build_model(args.preset, args.model, device, dtype)
-    engine = VoxtralEngine(settings)
+    engine = TransformersBackend(settings)
     engine.adopt(model, processor)
     params = sum(p.numel() for p in model.parameters())
     weights_mb = sum(p.numel() * p.element_size() for p in model.parameters()) / 2**20

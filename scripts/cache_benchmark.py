@@ -21,8 +21,8 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from voxtral_local.engine.decoding import DecodeBatch
-from voxtral_local.engine.kv_cache import roomy_cache
+from voxtral_local.backends.transformers.decoding import DecodeBatch
+from voxtral_local.backends.transformers.kv_cache import roomy_cache
 
 
 def resident(field: str) -> int:

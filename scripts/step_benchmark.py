@@ -23,7 +23,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from benchmark import build_model
 
-from voxtral_local.engine.decoding import DecodeBatch
+from voxtral_local.backends.transformers.decoding import DecodeBatch
 
 
 def run(model: Any, forward: Any, rows: int, cached: int, steps: int, in_place: bool) -> tuple[float, float, Any]:

@@ -18,11 +18,11 @@ from fastapi import FastAPI
 from openai import OpenAI
 
 from voxtral_local.api import create_app
-from voxtral_local.audio import decode_audio
+from voxtral_local.audio.decode import decode_audio
+from voxtral_local.backends.transformers import TransformersBackend
 from voxtral_local.config import Settings
-from voxtral_local.engine import VoxtralEngine
+from voxtral_local.services.transcription import TranscriptionService
 from voxtral_local.testing.tiny_model import build_tiny_model
-from voxtral_local.transcription import TranscriptionService
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
@@ -47,7 +47,7 @@ def silent_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def service(tiny_model_dir: Path) -> TranscriptionService:
     """A transcription service on the tiny model, loaded, without a server."""
     settings = Settings(_env_file=None, model=str(tiny_model_dir))
-    engine = VoxtralEngine(settings)
+    engine = TransformersBackend(settings)
     engine.load()
     return TranscriptionService(settings, engine)
 

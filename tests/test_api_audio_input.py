@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from voxtral_local.audio_containers import NOT_ACCEPTED
+from voxtral_local.audio.containers import NOT_ACCEPTED
 
 from .audio_cases import ffmpeg, quiet_then_loud, referencing_uploads, sox_pipe_wav, wav_header
 from .conftest import FIXTURES

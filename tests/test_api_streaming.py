@@ -19,7 +19,7 @@ import pytest
 from openai import OpenAI
 from openai.types.audio import TranscriptionTextDeltaEvent, TranscriptionTextDoneEvent
 
-from voxtral_local.engine import VoxtralEngine
+from voxtral_local.backends.transformers import TransformersBackend
 from voxtral_local.testing.audio_files import encode
 
 from .conftest import APPS, FIXTURES, running_server
@@ -67,7 +67,7 @@ def test_sse_framing_on_the_raw_bytes(base_url: str) -> None:
 
 
 @contextmanager
-def counted_forward(engine: VoxtralEngine, fail_after: int | None = None) -> Iterator[list[int]]:
+def counted_forward(engine: TransformersBackend, fail_after: int | None = None) -> Iterator[list[int]]:
     """Count the forward passes the engine's model takes (optionally fail on one); restore afterwards."""
     engine.load()
     calls = [0]
@@ -134,7 +134,7 @@ def test_an_error_after_the_stream_started_is_an_error_event(small_batch_url: st
         assert client.audio.transcriptions.create(model=MODEL, file=f).text
 
 
-def wait_until_idle(engine: VoxtralEngine, seconds: float = 30) -> None:
+def wait_until_idle(engine: TransformersBackend, seconds: float = 30) -> None:
     deadline = time.monotonic() + seconds
     while engine.busy and time.monotonic() < deadline:
         time.sleep(0.01)

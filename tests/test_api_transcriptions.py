@@ -12,7 +12,7 @@ import pytest
 from openai import OpenAI
 from openai.types.audio import Transcription, TranscriptionVerbose
 
-from voxtral_local.audio import SAMPLE_RATE
+from voxtral_local.audio.decode import SAMPLE_RATE
 from voxtral_local.testing.audio_files import encode
 
 from .conftest import APPS, FIXTURES, FORMATS

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from voxtral_local.audio import SAMPLE_RATE, decode_audio
+from voxtral_local.audio.decode import SAMPLE_RATE, decode_audio
 from voxtral_local.errors import AudioDecodeError, AudioTooLongError
 from voxtral_local.testing.audio_files import encode, opus_duration_bomb, silence
 
@@ -88,7 +88,7 @@ def test_audio_exactly_at_the_limit_is_accepted() -> None:
 def test_block_resampler_survives_a_format_change_mid_stream() -> None:
     import av
 
-    from voxtral_local.audio_pyav import BlockResampler
+    from voxtral_local.audio.pyav import BlockResampler
 
     blocks = BlockResampler()
     formats = [(22050, "mono", 1, 12.5), (44100, "stereo", 2, 3.0), (8000, "mono", 1, 1.0)]
@@ -109,7 +109,7 @@ def test_block_resampler_survives_a_format_change_mid_stream() -> None:
 def test_resampling_in_parallel_parts_equals_one_pass(rate: int, seconds: float) -> None:
     import soxr
 
-    from voxtral_local.resampling import resample
+    from voxtral_local.audio.resampling import resample
 
     rng = np.random.default_rng(rate)
     samples = (rng.standard_normal(int(rate * seconds)) * 0.2).astype(np.float32)
@@ -148,7 +148,7 @@ def test_a_long_file_read_in_parallel_parts_equals_one_pass(
     import soundfile as sf
     import soxr
 
-    import voxtral_local.audio
+    import voxtral_local.audio.decode
 
     audio = long_speech(speech, 190)
     data = stereo_wav_44k(audio) if kind.endswith("wav") else encode(audio, kind)
@@ -158,18 +158,18 @@ def test_a_long_file_read_in_parallel_parts_equals_one_pass(
     def no_pyav(*args: object) -> tuple[np.ndarray, bool]:
         raise AssertionError("the libsndfile path gave up and handed the file to PyAV")
 
-    monkeypatch.setattr(voxtral_local.audio, "decode_with_pyav", no_pyav)
+    monkeypatch.setattr(voxtral_local.audio.decode, "decode_with_pyav", no_pyav)
     for parts in (1, 3):
-        monkeypatch.setattr(voxtral_local.audio, "workers", lambda parts=parts: parts)
+        monkeypatch.setattr(voxtral_local.audio.decode, "workers", lambda parts=parts: parts)
         samples = decode_audio(data, max_seconds=600)
         assert samples.shape == one_pass.shape
         assert np.abs(samples - one_pass).max() < 1e-5
 
 
 def test_a_truncated_long_mp3_read_in_parts_is_rejected(speech: np.ndarray, monkeypatch: pytest.MonkeyPatch) -> None:
-    import voxtral_local.audio
+    import voxtral_local.audio.decode
 
-    monkeypatch.setattr(voxtral_local.audio, "workers", lambda: 3)
+    monkeypatch.setattr(voxtral_local.audio.decode, "workers", lambda: 3)
     data = encode(long_speech(speech, 190), "mp3")
     with pytest.raises(AudioDecodeError, match="truncated"):
         decode_audio(data[: len(data) * 2 // 3], max_seconds=600)
@@ -202,7 +202,7 @@ def test_a_long_file_still_decodes_when_no_scratch_copy_can_be_written(
     import errno
     import tempfile
 
-    import voxtral_local.audio
+    import voxtral_local.audio.decode
 
     data = encode(long_speech(speech, 130), "flac")
     expected = decode_audio(data, max_seconds=600)
@@ -210,7 +210,7 @@ def test_a_long_file_still_decodes_when_no_scratch_copy_can_be_written(
     def disk_full(*args: object, **kwargs: object) -> None:
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(voxtral_local.audio, "workers", lambda: 2)
+    monkeypatch.setattr(voxtral_local.audio.decode, "workers", lambda: 2)
     monkeypatch.setattr(tempfile, "NamedTemporaryFile", disk_full)
     samples = decode_audio(data, max_seconds=600)
     assert samples.shape == expected.shape and np.abs(samples - expected).max() < 1e-5

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from voxtral_local.audio import decode_audio, decode_head
+from voxtral_local.audio.decode import decode_audio, decode_head
 from voxtral_local.errors import AudioDecodeError, AudioTooLongError
 
 from .conftest import FIXTURES, FORMATS

@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from voxtral_local.audio import SAMPLE_RATE, decode_audio, decode_head
-from voxtral_local.audio_containers import NOT_ACCEPTED
+from voxtral_local.audio.containers import NOT_ACCEPTED
+from voxtral_local.audio.decode import SAMPLE_RATE, decode_audio, decode_head
 from voxtral_local.errors import AudioDecodeError, GenerationCancelledError
 from voxtral_local.testing.audio_files import encode
 
@@ -180,7 +180,7 @@ def test_decoding_stops_once_cancelled(kind: str) -> None:
 @pytest.mark.parametrize("lead", [b"\x00" * 1000, bytes(range(256)) * 3, b"\xff\xfb" + bytes(300)])
 def test_an_mp3_starting_with_junk_or_a_partial_frame_is_still_an_mp3(lead: bytes) -> None:
     """FFmpeg's MP3 demuxer skips to the first frame; so does the sniffing (two frames in a row)."""
-    from voxtral_local.audio_containers import id3v2_end
+    from voxtral_local.audio.containers import id3v2_end
 
     data = (FIXTURES / "speech.mp3").read_bytes()
     frames = data[id3v2_end(data) :]
@@ -206,7 +206,7 @@ def test_the_open_options_alone_stop_a_demuxer_that_reads_elsewhere() -> None:
 
     import av
 
-    from voxtral_local.audio_containers import Container, open_options
+    from voxtral_local.audio.containers import Container, open_options
 
     # concat's default `safe` mode refuses absolute paths, not relative ones
     script = f"ffconcat version 1.0\nfile '{os.path.relpath(FIXTURES / 'speech.wav')}'\n".encode()

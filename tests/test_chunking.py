@@ -6,8 +6,8 @@ import itertools
 
 import numpy as np
 
-from voxtral_local.audio import SAMPLE_RATE
-from voxtral_local.chunking import split_audio
+from voxtral_local.audio.chunking import split_audio
+from voxtral_local.audio.decode import SAMPLE_RATE
 from voxtral_local.testing.audio_files import silence
 
 

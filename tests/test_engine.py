@@ -11,20 +11,20 @@ import pytest
 import soundfile as sf
 import torch
 
-from voxtral_local.audio import SAMPLE_RATE
+from voxtral_local.audio.decode import SAMPLE_RATE
+from voxtral_local.backends.transformers import TransformersBackend
+from voxtral_local.backends.transformers.generation import Sampling
+from voxtral_local.backends.transformers.prompts import transcription_inputs
+from voxtral_local.backends.transformers.runtime import resolve_device, resolve_dtype
 from voxtral_local.config import Settings
-from voxtral_local.engine import VoxtralEngine
-from voxtral_local.engine.generation import Sampling
-from voxtral_local.engine.prompts import transcription_inputs
-from voxtral_local.engine.runtime import resolve_device, resolve_dtype
 from voxtral_local.errors import ModelUnavailableError
 
 BOS, INST, END_INST, AUDIO, BEGIN_AUDIO, TRANSCRIBE = 1, 3, 4, 24, 25, 34
 
 
 @pytest.fixture(scope="module")
-def engine(tiny_model_dir: Path) -> VoxtralEngine:
-    engine = VoxtralEngine(Settings(_env_file=None, model=str(tiny_model_dir)))
+def engine(tiny_model_dir: Path) -> TransformersBackend:
+    engine = TransformersBackend(Settings(_env_file=None, model=str(tiny_model_dir)))
     engine.load()
     return engine
 
@@ -43,7 +43,7 @@ def mistral_common_tokens(model_dir: Path, audio: np.ndarray, language: str | No
 
 @pytest.mark.parametrize("language", [None, "en", "fr"])
 def test_prompt_layout_equals_mistral_common_encoding(
-    engine: VoxtralEngine, tiny_model_dir: Path, speech: np.ndarray, language: str | None
+    engine: TransformersBackend, tiny_model_dir: Path, speech: np.ndarray, language: str | None
 ) -> None:
     inputs = transcription_inputs(engine.processor, [speech], language=language, model_id="voxtral")
     ids = inputs["input_ids"][0].tolist()
@@ -57,7 +57,7 @@ def test_prompt_layout_equals_mistral_common_encoding(
 
 
 @pytest.mark.parametrize("seconds", [3.0, 30.0, 45.0, 61.0])
-def test_audio_token_count_matches_the_audio_embeddings(engine: VoxtralEngine, seconds: float) -> None:
+def test_audio_token_count_matches_the_audio_embeddings(engine: TransformersBackend, seconds: float) -> None:
     audio = np.random.default_rng(0).standard_normal(int(seconds * SAMPLE_RATE)).astype(np.float32) * 0.1
     inputs = transcription_inputs(engine.processor, [audio], language=None, model_id="voxtral")
     windows = int(np.ceil(seconds / 30))
@@ -70,7 +70,9 @@ def test_audio_token_count_matches_the_audio_embeddings(engine: VoxtralEngine, s
     assert embeddings.shape[0] == n_audio_tokens
 
 
-def test_batched_decoding_gives_the_same_tokens_as_each_chunk_alone(engine: VoxtralEngine, speech: np.ndarray) -> None:
+def test_batched_decoding_gives_the_same_tokens_as_each_chunk_alone(
+    engine: TransformersBackend, speech: np.ndarray
+) -> None:
     chunks = [speech, speech[: SAMPLE_RATE * 2], np.tile(speech, 5)[: SAMPLE_RATE * 30], speech[::-1].copy()]
     batched = engine.transcribe(chunks, language="en")
     alone = [engine.transcribe([chunk], language="en")[0] for chunk in chunks]
@@ -82,7 +84,7 @@ def test_batched_decoding_gives_the_same_tokens_as_each_chunk_alone(engine: Voxt
 def test_batched_decoding_with_left_padding_matches_single(tiny_model_dir: Path, speech: np.ndarray) -> None:
     # 45 s chunks: one chunk spans two windows (750 audio tokens), another one window, so rows are padded.
     settings = Settings(_env_file=None, model=str(tiny_model_dir), chunk_seconds=45)
-    engine = VoxtralEngine(settings)
+    engine = TransformersBackend(settings)
     long_chunk = np.tile(speech, 8)[: SAMPLE_RATE * 44]
     chunks = [long_chunk, speech]
     inputs = transcription_inputs(engine_processor(engine), chunks, language=None, model_id="voxtral")
@@ -92,12 +94,12 @@ def test_batched_decoding_with_left_padding_matches_single(tiny_model_dir: Path,
     assert [b.token_ids for b in batched] == [a.token_ids for a in alone]
 
 
-def engine_processor(engine: VoxtralEngine) -> object:
+def engine_processor(engine: TransformersBackend) -> object:
     engine.load()
     return engine.processor
 
 
-def test_token_cap_is_reported_when_hit(engine: VoxtralEngine, speech: np.ndarray) -> None:
+def test_token_cap_is_reported_when_hit(engine: TransformersBackend, speech: np.ndarray) -> None:
     # Random weights never say end-of-sequence: every chunk runs to its cap, and says so.
     (out,) = engine.transcribe([speech], language=None)
     assert out.hit_cap
@@ -107,20 +109,20 @@ def test_token_cap_is_reported_when_hit(engine: VoxtralEngine, speech: np.ndarra
 
 
 def test_a_model_that_hears_nothing_stops_at_once(silent_model_dir: Path, speech: np.ndarray) -> None:
-    engine = VoxtralEngine(Settings(_env_file=None, model=str(silent_model_dir)))
+    engine = TransformersBackend(Settings(_env_file=None, model=str(silent_model_dir)))
     (out,) = engine.transcribe([speech], language=None)
     assert out.text == "" and out.token_ids == [] and not out.hit_cap
     assert out.no_speech_prob == pytest.approx(1.0)
 
 
-def test_sampling_with_temperature_differs_from_greedy(engine: VoxtralEngine, speech: np.ndarray) -> None:
+def test_sampling_with_temperature_differs_from_greedy(engine: TransformersBackend, speech: np.ndarray) -> None:
     greedy = engine.transcribe([speech], language=None)[0].token_ids
     torch.manual_seed(1)
     sampled = engine.transcribe([speech], language=None, sampling=Sampling(temperature=1.5))[0].token_ids
     assert sampled != greedy
 
 
-def test_concurrent_requests_do_not_corrupt_each_other(engine: VoxtralEngine, speech: np.ndarray) -> None:
+def test_concurrent_requests_do_not_corrupt_each_other(engine: TransformersBackend, speech: np.ndarray) -> None:
     inputs = [speech, speech[::-1].copy(), speech[:SAMPLE_RATE]]
     expected = [engine.transcribe([x], language=None)[0].token_ids for x in inputs]
     results: dict[int, list[int]] = {}
@@ -137,7 +139,7 @@ def test_concurrent_requests_do_not_corrupt_each_other(engine: VoxtralEngine, sp
 
 
 def test_missing_checkpoint_directory_is_unavailable(tmp_path: Path) -> None:
-    engine = VoxtralEngine(Settings(_env_file=None, model=str(tmp_path / "nothing")))
+    engine = TransformersBackend(Settings(_env_file=None, model=str(tmp_path / "nothing")))
     assert not engine.is_downloaded()
     with pytest.raises(ModelUnavailableError, match="does not exist"):
         engine.load()
@@ -146,7 +148,7 @@ def test_missing_checkpoint_directory_is_unavailable(tmp_path: Path) -> None:
 
 def test_broken_checkpoint_is_unavailable_with_the_reason(tmp_path: Path) -> None:
     (tmp_path / "config.json").write_text("{not json")
-    engine = VoxtralEngine(Settings(_env_file=None, model=str(tmp_path)))
+    engine = TransformersBackend(Settings(_env_file=None, model=str(tmp_path)))
     with pytest.raises(ModelUnavailableError, match="could not be loaded"):
         engine.load()
 
@@ -165,7 +167,7 @@ def test_device_and_dtype_resolution_on_this_machine() -> None:
 
 @pytest.mark.parametrize("language", [None, "de"])
 def test_fast_inputs_are_identical_to_apply_transcription_request(
-    engine: VoxtralEngine, speech: np.ndarray, language: str | None
+    engine: TransformersBackend, speech: np.ndarray, language: str | None
 ) -> None:
     rng = np.random.default_rng(3)
     chunks = (

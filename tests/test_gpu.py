@@ -21,14 +21,14 @@ from openai import OpenAI
 from openai.types.audio import TranscriptionTextDeltaEvent, TranscriptionTextDoneEvent
 from transformers.cache_utils import DynamicLayer
 
-from voxtral_local.audio import SAMPLE_RATE
+from voxtral_local.audio.decode import SAMPLE_RATE
+from voxtral_local.backends.transformers import TransformersBackend
+from voxtral_local.backends.transformers.decoding import DecodeBatch
+from voxtral_local.backends.transformers.generation import Sampling
+from voxtral_local.backends.transformers.kv_cache import RoomyLayer, roomy_cache
+from voxtral_local.backends.transformers.memory import DEFAULT_BUDGET, FREE_FRACTION, MemoryPlan, free_bytes
+from voxtral_local.backends.transformers.prompts import transcription_inputs
 from voxtral_local.config import Settings
-from voxtral_local.engine import VoxtralEngine
-from voxtral_local.engine.decoding import DecodeBatch
-from voxtral_local.engine.generation import Sampling
-from voxtral_local.engine.kv_cache import RoomyLayer, roomy_cache
-from voxtral_local.engine.memory import DEFAULT_BUDGET, FREE_FRACTION, MemoryPlan, free_bytes
-from voxtral_local.engine.prompts import transcription_inputs
 
 from .conftest import FIXTURES, running_server
 from .spies import spy_forward
@@ -45,14 +45,16 @@ pytestmark = [
 
 
 @pytest.fixture(scope="module")
-def engine(tiny_model_dir: Path) -> VoxtralEngine:
-    engine = VoxtralEngine(Settings(_env_file=None, model=str(tiny_model_dir), device=DEVICE.type, dtype="bfloat16"))
+def engine(tiny_model_dir: Path) -> TransformersBackend:
+    engine = TransformersBackend(
+        Settings(_env_file=None, model=str(tiny_model_dir), device=DEVICE.type, dtype="bfloat16")
+    )
     engine.load()
     assert engine.model.device.type == DEVICE.type and engine.model.dtype == torch.bfloat16
     return engine
 
 
-def generate_alone(engine: VoxtralEngine, chunk: np.ndarray, tokens: int) -> list[int]:
+def generate_alone(engine: TransformersBackend, chunk: np.ndarray, tokens: int) -> list[int]:
     """transformers' greedy `generate()` on the official prompt (built on the CPU, moved to the device)."""
     inputs = transcription_inputs(engine.processor, [chunk], language="en", model_id="voxtral")
     batch = {k: v.to(DEVICE) for k, v in inputs.items()}
@@ -62,7 +64,7 @@ def generate_alone(engine: VoxtralEngine, chunk: np.ndarray, tokens: int) -> lis
     return [int(t) for t in out[0, batch["input_ids"].shape[1] :]]
 
 
-def test_device_features_match_the_official_ones(engine: VoxtralEngine, speech: np.ndarray) -> None:
+def test_device_features_match_the_official_ones(engine: TransformersBackend, speech: np.ndarray) -> None:
     """Log-mels computed on the device (one batched STFT) against `apply_transcription_request`'s, on the CPU."""
     chunks = [speech, np.tile(speech, 8)[: 44 * SAMPLE_RATE], speech[:4000]]
     assert engine.features is not None
@@ -74,7 +76,7 @@ def test_device_features_match_the_official_ones(engine: VoxtralEngine, speech: 
     torch.testing.assert_close(fast["input_features"].cpu(), official["input_features"], rtol=0, atol=2e-3)
 
 
-def test_decode_loop_equals_generate_in_bfloat16(engine: VoxtralEngine, speech: np.ndarray) -> None:
+def test_decode_loop_equals_generate_in_bfloat16(engine: TransformersBackend, speech: np.ndarray) -> None:
     """Rows of different lengths decoding together in the in-place cache give `generate()`'s tokens."""
     chunks = [speech, speech[: 2 * SAMPLE_RATE], np.tile(speech, 4)[: 25 * SAMPLE_RATE], speech[::-1].copy()]
     outputs = engine.transcribe(chunks, language="en", sampling=FORCED)
@@ -153,7 +155,7 @@ def test_kv_cache_merge_needs_one_more_layer_not_a_second_cache() -> None:
     assert torch.cuda.max_memory_allocated() - start < 2 * layer_bytes
 
 
-def test_scheduler_pools_concurrent_requests_on_the_device(engine: VoxtralEngine, speech: np.ndarray) -> None:
+def test_scheduler_pools_concurrent_requests_on_the_device(engine: TransformersBackend, speech: np.ndarray) -> None:
     step = speech.shape[0] // 10
     audio = [speech[i * step // 2 : speech.shape[0] - i * step // 2].copy() for i in range(8)]
     alone = [engine.transcribe([a], language="en", sampling=FORCED)[0].token_ids for a in audio]
@@ -165,7 +167,7 @@ def test_scheduler_pools_concurrent_requests_on_the_device(engine: VoxtralEngine
     assert not engine.busy
 
 
-def test_memory_plan_reads_the_devices_free_memory(engine: VoxtralEngine) -> None:
+def test_memory_plan_reads_the_devices_free_memory(engine: TransformersBackend) -> None:
     """The automatic budget is min(16 GiB, 85 % of free memory), free memory as the device reports it."""
     plan = MemoryPlan.for_model(engine.model, DEVICE, budget_gb=0, max_rows=0)
     if ON_CUDA:
@@ -183,14 +185,14 @@ def test_memory_plan_reads_the_devices_free_memory(engine: VoxtralEngine) -> Non
 def test_memory_plan_bounds_what_a_long_request_allocates(tiny_model_dir: Path, speech: np.ndarray) -> None:
     """A budget that admits a few rows at a time: the device's peak allocation above the weights stays within
     it (the plan's per-token and per-window figures are upper bounds)."""
-    engine = VoxtralEngine(Settings(_env_file=None, model=str(tiny_model_dir), device="cuda", dtype="bfloat16"))
+    engine = TransformersBackend(Settings(_env_file=None, model=str(tiny_model_dir), device="cuda", dtype="bfloat16"))
     engine.load()
     assert engine.features is not None
     audio = [np.tile(speech, 10)[: 30 * SAMPLE_RATE]] * 12
     plan = engine.plan
     row = engine.features.prompt_length(1, "en") + engine.token_cap(30)
     budget = 3 * row * plan.kv_per_token + 3 * row * plan.prefill_per_token + 3 * plan.encoder_per_window
-    limited = VoxtralEngine(
+    limited = TransformersBackend(
         Settings(
             _env_file=None, model=str(tiny_model_dir), device="cuda", dtype="bfloat16", memory_budget_gb=budget / 2**30
         )

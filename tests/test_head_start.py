@@ -7,10 +7,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from voxtral_local.backends.transformers import TransformersBackend
+from voxtral_local.backends.transformers.scheduler import MAX_PREFILL_WINDOWS
 from voxtral_local.config import Settings
-from voxtral_local.engine import VoxtralEngine
-from voxtral_local.engine.scheduler import MAX_PREFILL_WINDOWS
-from voxtral_local.transcription import TranscriptionService
+from voxtral_local.services.transcription import TranscriptionService
 
 from .spies import spy_forward
 from .test_chunking import speech_with_gaps
@@ -52,7 +52,7 @@ def test_streamed_and_plain_decoding_give_the_same_segments(service: Transcripti
 
 def test_a_first_chunk_that_ends_during_its_head_start(silent_model_dir: Path, speech: np.ndarray) -> None:
     settings = Settings(_env_file=None, model=str(silent_model_dir))
-    service = TranscriptionService(settings, VoxtralEngine(settings))
+    service = TranscriptionService(settings, TransformersBackend(settings))
     audio, _ = speech_with_gaps(speech, minutes=2)
     deltas: list[str] = []
     result = service.transcribe(audio, language=None, on_delta=deltas.append)

@@ -11,13 +11,13 @@ import pytest
 import torch
 from transformers.cache_utils import DynamicLayer
 
-from voxtral_local.audio import SAMPLE_RATE
+from voxtral_local.audio.decode import SAMPLE_RATE
+from voxtral_local.backends.transformers import TransformersBackend
+from voxtral_local.backends.transformers.decoding import DecodeBatch
+from voxtral_local.backends.transformers.generation import Sampling
+from voxtral_local.backends.transformers.kv_cache import RoomyLayer, layout, roomy_cache
+from voxtral_local.backends.transformers.prompts import transcription_inputs
 from voxtral_local.config import Settings
-from voxtral_local.engine import VoxtralEngine
-from voxtral_local.engine.decoding import DecodeBatch
-from voxtral_local.engine.generation import Sampling
-from voxtral_local.engine.kv_cache import RoomyLayer, layout, roomy_cache
-from voxtral_local.engine.prompts import transcription_inputs
 
 
 def states(rows: int, length: int, seed: int) -> torch.Tensor:
@@ -115,15 +115,15 @@ def test_rows_joining_and_leaving_need_one_more_layer_not_a_second_cache() -> No
 
 
 @pytest.fixture(scope="module", params=["float32", "bfloat16"])
-def engine(tiny_model_dir: Path, request: pytest.FixtureRequest) -> VoxtralEngine:
+def engine(tiny_model_dir: Path, request: pytest.FixtureRequest) -> TransformersBackend:
     """The engine in float32 (a CPU's default) and in bfloat16 (a GPU's: its casts run here too)."""
-    engine = VoxtralEngine(Settings(_env_file=None, model=str(tiny_model_dir), dtype=request.param))
+    engine = TransformersBackend(Settings(_env_file=None, model=str(tiny_model_dir), dtype=request.param))
     engine.load()
     assert engine.model.dtype == getattr(torch, request.param)
     return engine
 
 
-def generate_alone(engine: VoxtralEngine, chunk: np.ndarray, tokens: int) -> list[int]:
+def generate_alone(engine: TransformersBackend, chunk: np.ndarray, tokens: int) -> list[int]:
     """transformers' own greedy `generate()` on the official transcription prompt, forced to `tokens` tokens."""
     inputs = transcription_inputs(engine.processor, [chunk], language="en", model_id="voxtral")
     with torch.inference_mode():
@@ -131,7 +131,7 @@ def generate_alone(engine: VoxtralEngine, chunk: np.ndarray, tokens: int) -> lis
     return [int(t) for t in out[0, inputs["input_ids"].shape[1] :]]
 
 
-def test_the_decode_loop_gives_generates_tokens(engine: VoxtralEngine, speech: np.ndarray) -> None:
+def test_the_decode_loop_gives_generates_tokens(engine: TransformersBackend, speech: np.ndarray) -> None:
     """Rows of different lengths decoding together in the in-place cache give exactly `generate()`'s tokens
     (rows 1-3 join in one prefill whose three windows the CPU encodes two at a time)."""
     chunks = [speech, speech[: 2 * SAMPLE_RATE], np.tile(speech, 4)[: 25 * SAMPLE_RATE], speech[::-1].copy()]

@@ -17,11 +17,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from openai import OpenAI
 
-from voxtral_local.formatting import cue_lines, to_srt, to_vtt
-from voxtral_local.joining import join_texts, separator
-from voxtral_local.streaming import OrderedText
+from voxtral_local.responses.transcription import cue_lines, to_srt, to_vtt
+from voxtral_local.services.joining import join_texts, separator
+from voxtral_local.services.streaming import OrderedText
+from voxtral_local.services.transcription import Segment
 from voxtral_local.testing.audio_files import encode as encode_audio
-from voxtral_local.transcription import Segment
 
 from .conftest import FIXTURES, running_server
 from .test_chunking import speech_with_gaps

@@ -14,11 +14,11 @@ import pytest
 from openai import OpenAI
 from openai.types.audio import TranscriptionTextDeltaEvent
 
-from voxtral_local.audio import SAMPLE_RATE, decode_audio, decode_head
-from voxtral_local.chunking import split_audio
+from voxtral_local.audio.chunking import split_audio
+from voxtral_local.audio.decode import SAMPLE_RATE, decode_audio, decode_head
 from voxtral_local.errors import AudioDecodeError, AudioTooLongError
+from voxtral_local.services.transcription import PartialUpload, TranscriptionService
 from voxtral_local.testing.audio_files import encode
-from voxtral_local.transcription import PartialUpload, TranscriptionService
 
 from .conftest import APPS, FIXTURES
 from .spies import spy_forward

@@ -13,31 +13,31 @@ import numpy as np
 import pytest
 from transformers import VoxtralConfig
 
-from voxtral_local.audio import SAMPLE_RATE
-from voxtral_local.chunking import split_audio
+from voxtral_local.audio.chunking import split_audio
+from voxtral_local.audio.decode import SAMPLE_RATE
+from voxtral_local.backends.transformers import TransformersBackend
+from voxtral_local.backends.transformers.generation import Sampling
+from voxtral_local.backends.transformers.memory import MemoryPlan
 from voxtral_local.config import Settings
-from voxtral_local.engine import VoxtralEngine
-from voxtral_local.engine.generation import Sampling
-from voxtral_local.engine.memory import MemoryPlan
 from voxtral_local.errors import GenerationCancelledError
 
 from .spies import spy_forward
 from .test_chunking import speech_with_gaps
 
 
-def make_engine(model_dir: Path, **overrides: Any) -> VoxtralEngine:
-    engine = VoxtralEngine(Settings(_env_file=None, model=str(model_dir), **overrides))
+def make_engine(model_dir: Path, **overrides: Any) -> TransformersBackend:
+    engine = TransformersBackend(Settings(_env_file=None, model=str(model_dir), **overrides))
     engine.load()
     return engine
 
 
 @pytest.fixture(scope="module")
-def engine(tiny_model_dir: Path) -> VoxtralEngine:
+def engine(tiny_model_dir: Path) -> TransformersBackend:
     return make_engine(tiny_model_dir)
 
 
 @contextmanager
-def batch_sizes(engine: VoxtralEngine) -> Iterator[list[int]]:
+def batch_sizes(engine: TransformersBackend) -> Iterator[list[int]]:
     """The number of rows in each forward pass of the model (prefills and decoding steps)."""
     sizes: list[int] = []
     with spy_forward(engine.model, lambda args, kwargs: sizes.append(int(kwargs["input_ids"].shape[0]))):
@@ -76,7 +76,7 @@ def long_chunks(speech: np.ndarray, minutes: int) -> list[np.ndarray]:
 FORCED = Sampling(min_new_tokens=10_000)  # every row runs to its cap: a fixed number of steps
 
 
-def test_concurrent_requests_share_decoding_steps(engine: VoxtralEngine, speech: np.ndarray) -> None:
+def test_concurrent_requests_share_decoding_steps(engine: TransformersBackend, speech: np.ndarray) -> None:
     audio = clips(speech, 8)
     alone = [engine.transcribe([a], language="en", sampling=FORCED)[0] for a in audio]
     with batch_sizes(engine) as sizes:
@@ -89,7 +89,9 @@ def test_concurrent_requests_share_decoding_steps(engine: VoxtralEngine, speech:
     assert max(sizes) == 8  # at some step all eight decoded together
 
 
-def test_requests_of_different_prompt_lengths_pool_and_stay_exact(engine: VoxtralEngine, speech: np.ndarray) -> None:
+def test_requests_of_different_prompt_lengths_pool_and_stay_exact(
+    engine: TransformersBackend, speech: np.ndarray
+) -> None:
     """A chat (longer prompt, left-padded caches) and transcriptions decode together without changing a token."""
     conversation = [{"role": "user", "content": [{"type": "text", "text": "Say something about the weather."}]}]
     long_audio = long_chunks(speech, 1)
@@ -159,7 +161,7 @@ def test_memory_plan_for_voxtral_mini() -> None:
     assert not MemoryPlan(plan.budget, 1, 1, 1, max_rows=4).fits(5, 1, 0, 0)
 
 
-def test_cancelling_one_request_leaves_the_others_exact(engine: VoxtralEngine, speech: np.ndarray) -> None:
+def test_cancelling_one_request_leaves_the_others_exact(engine: TransformersBackend, speech: np.ndarray) -> None:
     long_audio = long_chunks(speech, 2)
     expected = [o.token_ids for o in engine.transcribe(long_audio, language=None)]
     cancel = threading.Event()
@@ -180,7 +182,9 @@ def test_cancelling_one_request_leaves_the_others_exact(engine: VoxtralEngine, s
     assert not engine.busy
 
 
-def test_a_seeded_sample_does_not_depend_on_the_company_it_keeps(engine: VoxtralEngine, speech: np.ndarray) -> None:
+def test_a_seeded_sample_does_not_depend_on_the_company_it_keeps(
+    engine: TransformersBackend, speech: np.ndarray
+) -> None:
     seeded = Sampling(temperature=1.0, seed=7)
 
     def sample() -> list[int]:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from voxtral_local.streaming import OrderedText, TextDelta
+from voxtral_local.services.streaming import OrderedText, TextDelta
 
 EOS = 2
 

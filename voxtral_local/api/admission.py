@@ -22,8 +22,8 @@ from collections import deque
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from ..backends.transformers import TransformersBackend
 from ..config import Settings
-from ..engine import VoxtralEngine
 from ..errors import ServerOverloadedError, ServerShuttingDownError
 from .errors import domain_error_response
 from .workers import InFlight
@@ -45,7 +45,7 @@ class Admission:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.engine: VoxtralEngine | None = None  # set by the lifespan; its memory plan sizes the default
+        self.engine: TransformersBackend | None = None  # set by the lifespan; its memory plan sizes the default
         self.admitted = 0
         self._capacity: int | None = None
         self._completions: deque[float] = deque(maxlen=COMPLETIONS_KEPT)

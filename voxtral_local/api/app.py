@@ -9,12 +9,12 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from .. import __version__
-from ..chat import ChatService
+from ..backends.transformers import TransformersBackend
 from ..config import Settings
-from ..engine import VoxtralEngine
 from ..errors import ModelUnavailableError
-from ..model_download import ModelDownloader
-from ..transcription import TranscriptionService
+from ..models.store import ModelDownloader
+from ..services.chat import ChatService
+from ..services.transcription import TranscriptionService
 from . import routes_audio, routes_chat, routes_models, routes_pull
 from .access import install_access_control
 from .admission import Admission, AdmissionControl
@@ -27,13 +27,13 @@ from .workers import InFlight, run_in_worker
 logger = logging.getLogger(__name__)
 
 
-def create_app(settings: Settings, engine: VoxtralEngine | None = None) -> FastAPI:
+def create_app(settings: Settings, engine: TransformersBackend | None = None) -> FastAPI:
     """Build the app; the lifespan creates the engine (unless one is given, as the benchmark does) and
     loads it at startup only with `preload`."""
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        engine_ = engine or VoxtralEngine(settings)
+        engine_ = engine or TransformersBackend(settings)
         app.state.settings = settings
         app.state.engine = engine_
         app.state.downloader = ModelDownloader(settings.model)

@@ -9,18 +9,18 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
-from ..chat import ChatService
+from ..backends.transformers import TransformersBackend
 from ..config import Settings
-from ..engine import VoxtralEngine
-from ..model_download import ModelDownloader
-from ..transcription import TranscriptionService
+from ..models.store import ModelDownloader
+from ..services.chat import ChatService
+from ..services.transcription import TranscriptionService
 
 
 async def get_settings(request: Request) -> Settings:
     return request.app.state.settings
 
 
-async def get_engine(request: Request) -> VoxtralEngine:
+async def get_engine(request: Request) -> TransformersBackend:
     return request.app.state.engine
 
 
@@ -37,7 +37,7 @@ async def get_chat_service(request: Request) -> ChatService:
 
 
 SettingsDep = Annotated[Settings, Depends(get_settings)]
-EngineDep = Annotated[VoxtralEngine, Depends(get_engine)]
+EngineDep = Annotated[TransformersBackend, Depends(get_engine)]
 DownloaderDep = Annotated[ModelDownloader, Depends(get_downloader)]
 TranscriptionServiceDep = Annotated[TranscriptionService, Depends(get_transcription_service)]
 ChatServiceDep = Annotated[ChatService, Depends(get_chat_service)]

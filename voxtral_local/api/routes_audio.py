@@ -9,7 +9,6 @@ from typing import Any
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse, StreamingResponse
 
-from ..formatting import Task, TokenBytes, render, token_logprobs, token_usage, transcript_logprobs
 from ..languages import normalize_language
 from ..protocol import (
     Logprob,
@@ -21,8 +20,9 @@ from ..protocol import (
     TranscriptionVerbose,
     TranslationCreateParams,
 )
-from ..streaming import TextDelta
-from ..transcription import TranscriptionResult
+from ..responses.transcription import Task, TokenBytes, render, token_logprobs, token_usage, transcript_logprobs
+from ..services.streaming import TextDelta
+from ..services.transcription import TranscriptionResult
 from . import sse
 from .background import Delta, Done, inflight_of, run_until_disconnect, stream_deltas
 from .deps import SettingsDep, TranscriptionServiceDep

@@ -11,8 +11,6 @@ from typing import Literal
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse, StreamingResponse
 
-from ..chat import ChatResult, PreparedChat, logprob_content
-from ..formatting import TokenBytes
 from ..protocol import (
     ChatCompletion,
     ChatCompletionChunk,
@@ -24,7 +22,9 @@ from ..protocol import (
     ChunkChoice,
     CompletionUsage,
 )
-from ..streaming import TextDelta
+from ..responses.transcription import TokenBytes
+from ..services.chat import ChatResult, PreparedChat, logprob_content
+from ..services.streaming import TextDelta
 from . import sse
 from .background import Delta, Done, inflight_of, run_until_disconnect, stream_deltas
 from .deps import ChatServiceDep, SettingsDep

@@ -8,8 +8,8 @@ from pathlib import Path
 from fastapi import APIRouter
 from starlette.exceptions import HTTPException
 
+from ..backends.transformers import TransformersBackend
 from ..config import Settings
-from ..engine import VoxtralEngine
 from ..errors import ModelNotFoundError
 from ..protocol import Health, Model, ModelList
 from .deps import EngineDep, SettingsDep
@@ -18,7 +18,7 @@ from .openapi import COMMON_ERRORS, error_responses
 router = APIRouter()
 
 
-def describe_model(settings: Settings, engine: VoxtralEngine) -> Model:
+def describe_model(settings: Settings, engine: TransformersBackend) -> Model:
     """The served model as an OpenAI model object, with its download and load state."""
     downloaded = engine.is_downloaded()
     created = 0

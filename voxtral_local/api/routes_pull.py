@@ -13,7 +13,7 @@ from fastapi.responses import StreamingResponse
 
 from ..config import Settings
 from ..errors import InvalidRequestError, ModelUnavailableError, quote
-from ..model_download import Download, PullProgress
+from ..models.store import Download, PullProgress
 from ..protocol import ModelPullRequest, ModelPullStatus
 from . import sse
 from .deps import DownloaderDep, EngineDep, SettingsDep

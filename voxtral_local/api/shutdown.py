@@ -25,8 +25,8 @@ from typing import Any
 import uvicorn
 from fastapi import FastAPI
 
+from ..backends.transformers import TransformersBackend
 from ..config import Settings
-from ..engine import VoxtralEngine
 from .workers import InFlight
 
 logger = logging.getLogger(__name__)
@@ -107,7 +107,7 @@ def stop_engine(app: FastAPI) -> None:
     inside torch when the interpreter finalizes aborts the process ("terminate called without an active
     exception"), so if the decoder does not end within `GRACE_SECONDS` the process exits at once, status 0."""
     app.state.inflight.stop_all()
-    engine: VoxtralEngine | None = getattr(app.state, "engine", None)
+    engine: TransformersBackend | None = getattr(app.state, "engine", None)
     if engine is not None and not engine.close(timeout=GRACE_SECONDS):
         logger.warning("the engine did not stop within %g s; exiting without waiting for it", GRACE_SECONDS)
         logging.shutdown()

@@ -13,7 +13,7 @@ from typing import cast
 import av
 import numpy as np
 
-from ..audio import SAMPLE_RATE, decode_audio
+from ..audio.decode import SAMPLE_RATE, decode_audio
 
 # container format, codec, sample rate, channel layout, with a video track
 FORMATS: dict[str, tuple[str, str, int, str, bool]] = {

@@ -24,7 +24,7 @@ from typing import Any
 
 import torch
 
-from ..errors import GenerationCancelledError
+from ...errors import GenerationCancelledError
 from .decoding import DecodeBatch, RowSampler, choose, suppression
 from .generation import Alternatives, RowResult, Sampling, finish_row
 from .inputs import merge_inputs

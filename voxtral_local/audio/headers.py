@@ -13,8 +13,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .audio_containers import id3v2_end, mpeg_audio_header
-from .errors import AudioDecodeError
+from ..errors import AudioDecodeError
+from .containers import id3v2_end, mpeg_audio_header
 
 # 1 kHz: below every rate a recorder or codec uses (telephony's 8 kHz is the lowest common one; 4 kHz
 # exists in some old formats), while 1 Hz makes each byte of a small file seconds of audio to decode.

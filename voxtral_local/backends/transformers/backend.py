@@ -1,4 +1,4 @@
-"""`VoxtralEngine`: one model instance, loaded once, shared by all requests."""
+"""`TransformersBackend`: one model instance, loaded once, shared by all requests."""
 
 from __future__ import annotations
 
@@ -14,11 +14,11 @@ import numpy as np
 import torch
 from mistral_common.exceptions import MistralCommonException
 
-from ..audio import SAMPLE_RATE
-from ..config import Settings
-from ..errors import InvalidRequestError, ModelUnavailableError, UndecodableOutputError, shorten
-from ..model_download import is_cached
-from ..streaming import OrderedText
+from ...audio.decode import SAMPLE_RATE
+from ...config import Settings
+from ...errors import InvalidRequestError, ModelUnavailableError, UndecodableOutputError, shorten
+from ...models.store import is_cached
+from ...services.streaming import OrderedText
 from .features import TranscriptionFeatures, window_count, windows_for
 from .generation import Alternatives, FinishReason, RowResult, Sampling
 from .inputs import Inputs, merge_inputs, split_rows
@@ -57,7 +57,7 @@ class ChunkOutput:
         return self.finish_reason == "length"
 
 
-class VoxtralEngine:
+class TransformersBackend:
     """Loads `VoxtralForConditionalGeneration` and its processor, and runs batched generation.
 
     Thread-safe: loading happens once under a lock; every request's rows go to one `Scheduler`, which

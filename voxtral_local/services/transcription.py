@@ -9,14 +9,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .audio import decode_audio, decode_head, duration_seconds
-from .chunking import AudioChunk, split_audio
-from .config import Settings
-from .engine import ChunkOutput, VoxtralEngine
-from .engine.core import RowsCallback
-from .engine.generation import Sampling
-from .engine.prompts import audio_part
-from .engine.scheduler import TokenCallback
+from ..audio.chunking import AudioChunk, split_audio
+from ..audio.decode import decode_audio, decode_head, duration_seconds
+from ..backends.transformers import ChunkOutput, TransformersBackend
+from ..backends.transformers.backend import RowsCallback
+from ..backends.transformers.generation import Sampling
+from ..backends.transformers.prompts import audio_part
+from ..backends.transformers.scheduler import TokenCallback
+from ..config import Settings
 from .joining import join_texts
 
 DeltaCallback = Callable[[str], None]
@@ -79,7 +79,7 @@ class TranscriptionService:
     instruction. Either way all chunks of the request are decoded together.
     """
 
-    def __init__(self, settings: Settings, engine: VoxtralEngine) -> None:
+    def __init__(self, settings: Settings, engine: TransformersBackend) -> None:
         self.settings = settings
         self.engine = engine
 

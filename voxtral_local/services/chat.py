@@ -11,21 +11,21 @@ from typing import Any, Literal
 
 import numpy as np
 
-from .audio import decode_audio
-from .config import Settings
-from .engine import VoxtralEngine
-from .engine.generation import Alternatives, Sampling
-from .engine.prompts import Conversation, audio_part
-from .errors import AudioTooLongError, InvalidRequestError
-from .formatting import TokenBytes
-from .languages import language_name, normalize_language
-from .protocol import (
+from ..audio.decode import decode_audio
+from ..backends.transformers import TransformersBackend
+from ..backends.transformers.generation import Alternatives, Sampling
+from ..backends.transformers.prompts import Conversation, audio_part
+from ..config import Settings
+from ..errors import AudioTooLongError, InvalidRequestError
+from ..languages import language_name, normalize_language
+from ..protocol import (
     ChatCompletionContentPartText,
     ChatCompletionCreateParams,
     ChatCompletionMessageParam,
     ChatCompletionTokenLogprob,
     TopLogprob,
 )
+from ..responses.transcription import TokenBytes
 from .transcription import TranscriptionService
 
 # Voxtral understands up to about 40 minutes of audio in one prompt (32k-token context).
@@ -81,7 +81,7 @@ def decode_base64_audio(
 class ChatService:
     """Answers chat completions with the shared engine."""
 
-    def __init__(self, settings: Settings, engine: VoxtralEngine, transcription: TranscriptionService) -> None:
+    def __init__(self, settings: Settings, engine: TransformersBackend, transcription: TranscriptionService) -> None:
         self.settings = settings
         self.engine = engine
         self.transcription = transcription

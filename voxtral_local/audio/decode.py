@@ -22,8 +22,9 @@ from typing import Any
 import numpy as np
 import soundfile as sf
 
-from .audio_containers import ADTS, FLAC, MP3, Container, id3v2_end, sniff, without_trailing_tags
-from .audio_headers import (
+from ..errors import AudioDecodeError, AudioTooLongError
+from .containers import ADTS, FLAC, MP3, Container, id3v2_end, sniff, without_trailing_tags
+from .headers import (
     DeclaredLength,
     check_header_bounds,
     check_stream,
@@ -31,8 +32,7 @@ from .audio_headers import (
     flac_declared,
     mp3_declared,
 )
-from .audio_pyav import SAMPLE_RATE, decode_with_pyav, stop_if_cancelled
-from .errors import AudioDecodeError, AudioTooLongError
+from .pyav import SAMPLE_RATE, decode_with_pyav, stop_if_cancelled
 from .resampling import part_count, resample, workers
 
 __all__ = ["SAMPLE_RATE", "decode_audio", "decode_head", "duration_seconds"]

@@ -13,9 +13,9 @@ import threading
 import av
 import numpy as np
 
-from .audio_containers import MATROSKA, MP4, Container, open_options
-from .audio_headers import DeclaredLength, check_stream
-from .errors import AudioDecodeError, AudioTooLongError, GenerationCancelledError
+from ..errors import AudioDecodeError, AudioTooLongError, GenerationCancelledError
+from .containers import MATROSKA, MP4, Container, open_options
+from .headers import DeclaredLength, check_stream
 from .resampling import resample
 
 SAMPLE_RATE = 16_000

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .audio import SAMPLE_RATE
+from .decode import SAMPLE_RATE
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..audio import SAMPLE_RATE
+from ...audio.decode import SAMPLE_RATE
 from .inputs import merge_inputs
 from .prompts import transcription_inputs
 

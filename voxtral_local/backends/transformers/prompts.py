@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import soundfile as sf
 
-from ..audio import SAMPLE_RATE
+from ...audio.decode import SAMPLE_RATE
 
 Conversation = list[dict[str, Any]]
 

@@ -7,8 +7,8 @@ import re
 from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
-from .languages import language_name
-from .protocol import (
+from ..languages import language_name
+from ..protocol import (
     Logprob,
     ResponseFormat,
     Transcription,
@@ -18,7 +18,7 @@ from .protocol import (
     UsageInputTokenDetails,
     UsageTokens,
 )
-from .transcription import Segment, TranscriptionResult
+from ..services.transcription import Segment, TranscriptionResult
 
 Task = Literal["transcribe", "translate"]
 TokenBytes = Callable[[Sequence[int]], list[bytes]]  # each token's bytes (the engine's `token_bytes`)

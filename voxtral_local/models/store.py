@@ -19,7 +19,7 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from .errors import ModelDownloadError, StorageFullError, VoxtralError
+from ..errors import ModelDownloadError, StorageFullError, VoxtralError
 
 logger = logging.getLogger(__name__)
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .errors import AudioDecodeError
+from ..errors import AudioDecodeError
 
 
 @dataclass(frozen=True)
