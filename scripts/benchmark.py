@@ -41,8 +41,8 @@ import torch  # noqa: E402
 
 from voxtral_local.audio.chunking import split_audio  # noqa: E402
 from voxtral_local.audio.decode import SAMPLE_RATE, decode_audio  # noqa: E402
+from voxtral_local.backends.base import Sampling  # noqa: E402
 from voxtral_local.backends.transformers import TransformersBackend  # noqa: E402
-from voxtral_local.backends.transformers.generation import Sampling  # noqa: E402
 from voxtral_local.backends.transformers.prompts import transcription_inputs  # noqa: E402
 from voxtral_local.config import Settings  # noqa: E402
 from voxtral_local.testing.audio_files import encode, silence, speak  # noqa: E402

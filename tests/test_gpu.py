@@ -22,9 +22,9 @@ from openai.types.audio import TranscriptionTextDeltaEvent, TranscriptionTextDon
 from transformers.cache_utils import DynamicLayer
 
 from voxtral_local.audio.decode import SAMPLE_RATE
+from voxtral_local.backends.base import Sampling
 from voxtral_local.backends.transformers import TransformersBackend
 from voxtral_local.backends.transformers.decoding import DecodeBatch
-from voxtral_local.backends.transformers.generation import Sampling
 from voxtral_local.backends.transformers.kv_cache import RoomyLayer, roomy_cache
 from voxtral_local.backends.transformers.memory import DEFAULT_BUDGET, FREE_FRACTION, MemoryPlan, free_bytes
 from voxtral_local.backends.transformers.prompts import transcription_inputs

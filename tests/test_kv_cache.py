@@ -12,9 +12,9 @@ import torch
 from transformers.cache_utils import DynamicLayer
 
 from voxtral_local.audio.decode import SAMPLE_RATE
+from voxtral_local.backends.base import Sampling
 from voxtral_local.backends.transformers import TransformersBackend
 from voxtral_local.backends.transformers.decoding import DecodeBatch
-from voxtral_local.backends.transformers.generation import Sampling
 from voxtral_local.backends.transformers.kv_cache import RoomyLayer, layout, roomy_cache
 from voxtral_local.backends.transformers.prompts import transcription_inputs
 from voxtral_local.config import Settings

@@ -15,8 +15,8 @@ from transformers import VoxtralConfig
 
 from voxtral_local.audio.chunking import split_audio
 from voxtral_local.audio.decode import SAMPLE_RATE
+from voxtral_local.backends.base import Sampling
 from voxtral_local.backends.transformers import TransformersBackend
-from voxtral_local.backends.transformers.generation import Sampling
 from voxtral_local.backends.transformers.memory import MemoryPlan
 from voxtral_local.config import Settings
 from voxtral_local.errors import GenerationCancelledError

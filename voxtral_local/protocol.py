@@ -88,21 +88,58 @@ class TranscriptionVerbose(BaseModel):
 
 
 class Model(BaseModel):
-    """`openai.types.Model`, plus whether it is downloaded and loaded."""
+    """`openai.types.Model`, plus extensions: what an alias means, whether the checkpoint is downloaded and
+    loaded, its size on disk and the memory it needs when loaded."""
 
     id: str
     object: Literal["model"] = "model"
-    created: int
+    created: int = Field(description="Unix time the checkpoint was written to this machine; 0 when not downloaded.")
     owned_by: str
+    alias_of: str | None = Field(None, description="For an alias: the id of the served model it means.")
     downloaded: bool
     loaded: bool
+    size_bytes: int | None = Field(None, description="Bytes of the checkpoint on disk; null when not downloaded.")
+    memory_bytes: int | None = Field(
+        None,
+        description="Memory the weights need when loaded (from the safetensors headers and the dtype); null when "
+        "not known (not downloaded).",
+    )
 
 
 class ModelList(BaseModel):
-    """The `GET /v1/models` page."""
+    """The `GET /v1/models` page: every served model and every alias."""
 
     object: Literal["list"] = "list"
     data: list[Model]
+
+
+class ModelDeleted(BaseModel):
+    """`openai.types.ModelDeleted`: the answer to `DELETE /v1/models/{id}` (its files left the cache)."""
+
+    id: str
+    object: Literal["model"] = "model"
+    deleted: bool
+
+
+class RunningModel(BaseModel):
+    """One loaded model in `GET /api/ps`."""
+
+    id: str
+    device: str
+    dtype: str | None
+    memory_bytes: int = Field(description="Memory its weights take (bytes).")
+    requests_in_flight: int
+    idle_seconds: float = Field(description="Seconds since its last request ended (0 while one runs).")
+    expires_in: float | None = Field(
+        None, description="Seconds until the idle unload (VOXTRAL_MODEL_TTL); null when it never expires."
+    )
+
+
+class RunningModels(BaseModel):
+    """`GET /api/ps`: the loaded models. `models` lists their ids as speaches does; `data` says more."""
+
+    models: list[str]
+    data: list[RunningModel]
 
 
 class ModelPullRequest(BaseModel):
@@ -130,18 +167,22 @@ class ModelPullStatus(BaseModel):
 
 
 class Health(BaseModel):
-    """`GET /health`, the fields lotti's earlier local services reported."""
+    """`GET /health`: the fields lotti's earlier local services reported (about the default model), plus the
+    device, its memory and the loaded models."""
 
     status: Literal["healthy"] = "healthy"
-    model: str
-    model_available: bool
-    model_loaded: bool
+    model: str = Field(description="The default model's id.")
+    model_available: bool = Field(description="Whether the default model is downloaded.")
+    model_loaded: bool = Field(description="Whether the default model is loaded.")
     model_error: str | None = Field(
         None,
-        description="Extension: why the model cannot be served (a missing or unreadable directory, the last "
+        description="Extension: why the default model cannot be served (a missing or unreadable directory, the last "
         "load failure); null when nothing is known to be wrong.",
     )
     device: str
+    memory_total_bytes: int | None = Field(None, description="Memory of the device (RAM on a CPU); null if unknown.")
+    memory_available_bytes: int | None = Field(None, description="Memory free on the device now; null if unknown.")
+    loaded_models: list[RunningModel] = Field(default_factory=list)
     max_audio_minutes: float
 
 

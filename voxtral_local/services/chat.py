@@ -12,8 +12,8 @@ from typing import Any, Literal
 import numpy as np
 
 from ..audio.decode import decode_audio
+from ..backends.base import Alternatives, Sampling
 from ..backends.transformers import TransformersBackend
-from ..backends.transformers.generation import Alternatives, Sampling
 from ..backends.transformers.prompts import Conversation, audio_part
 from ..config import Settings
 from ..errors import AudioTooLongError, InvalidRequestError

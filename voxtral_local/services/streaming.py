@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 from .joining import separator
 
 if TYPE_CHECKING:  # the engine imports this module
-    from ..backends.transformers.generation import Alternatives
+    from ..backends.base import Alternatives
 
 REPLACEMENT = "\ufffd"  # an incomplete UTF-8 sequence at the end of the decoded bytes so far
 

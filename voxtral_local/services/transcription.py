@@ -11,11 +11,9 @@ import numpy as np
 
 from ..audio.chunking import AudioChunk, split_audio
 from ..audio.decode import decode_audio, decode_head, duration_seconds
+from ..backends.base import RowsCallback, Sampling, TokenCallback
 from ..backends.transformers import ChunkOutput, TransformersBackend
-from ..backends.transformers.backend import RowsCallback
-from ..backends.transformers.generation import Sampling
 from ..backends.transformers.prompts import audio_part
-from ..backends.transformers.scheduler import TokenCallback
 from ..config import Settings
 from .joining import join_texts
 

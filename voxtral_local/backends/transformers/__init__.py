@@ -1,5 +1,6 @@
 """The Voxtral engine: model loading and batched generation. Nothing here knows about HTTP."""
 
-from .backend import ChunkOutput, TransformersBackend
+from ..base import ChunkOutput
+from .backend import TransformersBackend
 
 __all__ = ["ChunkOutput", "TransformersBackend"]

@@ -6,7 +6,6 @@ import logging
 import math
 import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -19,42 +18,22 @@ from ...config import Settings
 from ...errors import InvalidRequestError, ModelUnavailableError, UndecodableOutputError, shorten
 from ...models.store import is_cached
 from ...services.streaming import OrderedText
+from ..base import ChunkOutput, RowsCallback, Sampling, TokenCallback
 from .features import TranscriptionFeatures, window_count, windows_for
-from .generation import Alternatives, FinishReason, RowResult, Sampling
+from .generation import RowResult
 from .inputs import Inputs, merge_inputs, split_rows
 from .memory import MemoryPlan
 from .prompts import Conversation, chat_inputs
 from .runtime import resolve_device, resolve_dtype
-from .scheduler import Footprint, Job, Scheduler, TokenCallback
+from .scheduler import Footprint, Job, Scheduler
 
 logger = logging.getLogger(__name__)
 
-# Told the token caps of a job's rows before they decode (the first ones, then each part added).
-RowsCallback = Callable[[Sequence[int]], None]
 
 # Added to every chunk's token cap so that very short chunks still have room.
 CAP_MARGIN_TOKENS = 32
 
 GREEDY = Sampling()
-
-
-@dataclass(frozen=True)
-class ChunkOutput:
-    """What one prompt (a chunk, or a chat conversation) generated."""
-
-    text: str
-    token_ids: list[int]
-    logprobs: list[float]  # of each of `token_ids`
-    top: list[Alternatives]  # for each of `token_ids` (empty unless the sampling asked for them)
-    avg_logprob: float
-    no_speech_prob: float
-    finish_reason: FinishReason
-    prompt_tokens: int
-    audio_tokens: int
-
-    @property
-    def hit_cap(self) -> bool:
-        return self.finish_reason == "length"
 
 
 class TransformersBackend:

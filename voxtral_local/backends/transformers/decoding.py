@@ -14,7 +14,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from .generation import Alternatives, Sampling
+from ..base import Alternatives, Sampling
 from .kv_cache import RoomyLayer, handed_over, roomy_cache
 
 # On a CPU the audio encoder runs ~15 % faster per 30 s window two windows at a time than eight (its

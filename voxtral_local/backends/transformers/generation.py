@@ -4,22 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Literal
 
-FinishReason = Literal["stop", "length"]
-Alternatives = tuple[tuple[int, float], ...]  # the most likely tokens at a step: (token id, logprob), best first
-
-
-@dataclass(frozen=True)
-class Sampling:
-    """How tokens are chosen and when a row stops besides EOS and its cap."""
-
-    temperature: float = 0.0
-    top_p: float = 1.0
-    seed: int | None = None
-    stop: tuple[str, ...] = ()
-    min_new_tokens: int = 0  # end-of-sequence is suppressed until then (benchmarks force equal work)
-    top_logprobs: int = 0  # alternatives recorded at each step (chat's `top_logprobs`)
+from ..base import Alternatives, FinishReason, Sampling
 
 
 @dataclass(frozen=True)

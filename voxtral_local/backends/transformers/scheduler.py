@@ -25,8 +25,9 @@ from typing import Any
 import torch
 
 from ...errors import GenerationCancelledError
+from ..base import Alternatives, Sampling, TokenCallback
 from .decoding import DecodeBatch, RowSampler, choose, suppression
-from .generation import Alternatives, RowResult, Sampling, finish_row
+from .generation import RowResult, finish_row
 from .inputs import merge_inputs
 from .memory import MemoryPlan
 
@@ -38,7 +39,6 @@ MAX_PREFILL_WINDOWS = 8
 
 # Called with a row's index in its job, the token it just chose (end of sequence included), its logprob and
 # the step's most likely tokens (when the job's sampling asks for them).
-TokenCallback = Callable[[int, int, float, Alternatives], None]
 
 
 @dataclass(frozen=True)

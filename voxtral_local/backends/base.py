@@ -1,0 +1,157 @@
+"""What any model server must do for the services: the `ModelBackend` interface.
+
+The transformers backend (`backends.transformers.TransformersBackend`, Voxtral in this process) is the first
+implementation; a vLLM backend (a client of one or more vLLM servers) and the realtime model are the next. So
+the interface speaks of rows (one prompt each: a chunk of audio, or a chat conversation) and of what each row
+generated, not of KV caches or schedulers. A backend that gives text rather than token ids returns
+`ChunkOutput`s with empty `token_ids` and streams through `on_text` instead of `on_token`.
+
+Nothing here imports FastAPI, the services or the model store: a backend is handed a checkpoint directory
+(`models.store` resolves hub ids to one) and gives tokens; the services own text.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol, runtime_checkable
+
+import numpy as np
+
+FinishReason = Literal["stop", "length"]
+# One step's most likely tokens with their logprobs (empty unless the sampling asked for them).
+Alternatives = tuple[tuple[int, float], ...]
+# Told (row index, token id, its logprob, the step's alternatives) as each row chooses a token.
+TokenCallback = Callable[[int, int, float, Alternatives], None]
+# Told the token caps of a job's rows before they decode (the first ones, then each part added).
+RowsCallback = Callable[[Sequence[int]], None]
+# A chat conversation in transformers' `apply_chat_template` shape (audio parts hold float32 16 kHz samples).
+Conversation = list[dict[str, Any]]
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """How a row chooses its tokens: greedy at temperature 0, else seeded or unseeded sampling; `stop`
+    strings end it; `top_logprobs` alternatives are reported per step when > 0."""
+
+    temperature: float = 0.0
+    top_p: float = 1.0
+    seed: int | None = None
+    stop: tuple[str, ...] = ()
+    min_new_tokens: int = 0  # end-of-sequence is suppressed until then (benchmarks force equal work)
+    top_logprobs: int = 0  # alternatives recorded at each step (chat's `top_logprobs`)
+
+
+@dataclass(frozen=True)
+class ChunkOutput:
+    """What one row (a chunk of audio, or a chat conversation) generated."""
+
+    text: str
+    token_ids: list[int]
+    logprobs: list[float]  # of each of `token_ids`
+    top: list[Alternatives]  # for each of `token_ids` (empty unless the sampling asked for them)
+    avg_logprob: float
+    no_speech_prob: float
+    finish_reason: FinishReason
+    prompt_tokens: int
+    audio_tokens: int
+
+    @property
+    def hit_cap(self) -> bool:
+        return self.finish_reason == "length"
+
+
+@dataclass(frozen=True)
+class BackendStatus:
+    """What a backend reports about itself: where it runs and the memory it holds (bytes; 0 when unloaded)."""
+
+    loaded: bool
+    device: str
+    dtype: str | None
+    memory_bytes: int
+    busy: bool
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+@runtime_checkable
+class ModelBackend(Protocol):
+    """One served model, loaded on demand. Thread-safe: many request threads call it at once.
+
+    Errors: `ModelUnavailableError` when the model cannot be loaded; `InvalidRequestError` for inputs the
+    model refuses (a chat the template rejects); `GenerationCancelledError` when `cancel` is set;
+    `UndecodableOutputError` when its output cannot be turned into text.
+    """
+
+    model_id: str
+
+    @property
+    def loaded(self) -> bool: ...
+
+    @property
+    def busy(self) -> bool:
+        """True while any request's rows wait or decode."""
+        ...
+
+    def load(self) -> None:
+        """Load if not loaded (once, also when many threads ask at once)."""
+        ...
+
+    def unload(self) -> None:
+        """Free the model's memory; the next request loads it again. The caller makes sure no work runs."""
+        ...
+
+    def status(self) -> BackendStatus: ...
+
+    @property
+    def eos_token_id(self) -> int: ...
+
+    def decode(self, token_ids: list[int]) -> str:
+        """Text of generated token ids, special tokens left out."""
+        ...
+
+    def token_bytes(self, token_ids: Sequence[int]) -> list[bytes]:
+        """Each token's own bytes (empty for a special token)."""
+        ...
+
+    def token_cap(self, duration_s: float, max_tokens: int | None = None) -> int:
+        """New-token cap for a chunk of `duration_s` seconds of audio, at most `max_tokens`."""
+        ...
+
+    def row_capacity(self) -> int | None:
+        """Rows of full-length chunks it decodes at once (None until loaded, or unknown)."""
+        ...
+
+    def transcribe(
+        self,
+        chunks: Sequence[np.ndarray],
+        *,
+        language: str | None,
+        sampling: Sampling = ...,
+        max_tokens: int | None = None,
+        on_token: TokenCallback | None = None,
+        on_rows: RowsCallback | None = None,
+        cancel: threading.Event | None = None,
+        more: Iterable[Sequence[np.ndarray]] | None = None,
+    ) -> list[ChunkOutput]:
+        """Transcribe chunks (float32 mono 16 kHz samples, shape (n,)) with the official transcription
+        prompt; outputs in chunk order. `more` yields further chunks (produced on the calling thread while the
+        first ones decode); an error it raises ends the request with that error."""
+        ...
+
+    def chat(
+        self,
+        conversations: Sequence[Conversation],
+        *,
+        caps: Sequence[int],
+        sampling: Sampling = ...,
+        on_token: TokenCallback | None = None,
+        on_rows: RowsCallback | None = None,
+        cancel: threading.Event | None = None,
+    ) -> list[ChunkOutput]:
+        """A reply to each conversation, at most `caps[i]` new tokens each; outputs in conversation order."""
+        ...
+
+    def prompt_tokens(self, conversation: Conversation) -> int:
+        """Tokens the conversation's prompt takes (for the context-window check)."""
+        ...
