@@ -22,12 +22,19 @@ class Settings(BaseSettings):
     )
     served_model_name: str | None = Field(
         None,
-        description="Name clients send as `model` and that /v1/models lists. Default: VOXTRAL_MODEL for a "
-        "hub id, the directory name for a local checkpoint.",
+        description="Id clients send as `model` for VOXTRAL_MODEL and that /v1/models lists. Default: the hub id, "
+        "or the directory name for a local checkpoint.",
+    )
+    models: str = Field(
+        "",
+        description="Comma-separated further models to serve (hub ids or local directories), each addressed by its "
+        "hub id or directory name; VOXTRAL_MODEL stays the default.",
     )
     model_aliases: str = Field(
         "",
-        description="Comma-separated extra names accepted as `model` (for example `whisper-1`).",
+        description="Comma-separated `alias=model` pairs adding names (or overriding the built-in ones: whisper-1, "
+        "gpt-4o-transcribe, gpt-4o-mini-transcribe mean the default model; voxtral-mini, voxtral-small the hub "
+        "ids); a bare name is an alias of the default model.",
     )
     host: str = Field("127.0.0.1", description="Interface to listen on.")
     port: int = Field(11344, ge=1, le=65535, description="TCP port to listen on.")

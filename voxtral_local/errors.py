@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import reprlib
+from collections.abc import Sequence
 from enum import Enum
 
 # Most characters of client input an error message quotes (a value, a field name, a content type).
@@ -120,9 +121,28 @@ class ModelNotFoundError(VoxtralError):
     kind = ErrorKind.MODEL_NOT_FOUND
     code = "model_not_found"
 
-    def __init__(self, model: str, served: str) -> None:
+    def __init__(self, model: str, served: Sequence[str]) -> None:
+        names = ", ".join(f"'{name}'" for name in served)
         super().__init__(
-            f"The model {quote(model)} does not exist on this server; it serves '{served}'.", param="model"
+            f"The model {quote(model)} does not exist on this server; it serves {names} (GET /v1/models lists "
+            "them with their aliases).",
+            param="model",
+        )
+
+
+class ModelNotDownloadedError(VoxtralError):
+    """The model is served but its checkpoint is not on this machine (and VOXTRAL_AUTO_DOWNLOAD is off).
+    A 404, so that clients such as lotti offer to download it."""
+
+    kind = ErrorKind.MODEL_NOT_FOUND
+    code = "model_not_downloaded"
+
+    def __init__(self, model: str, hint: str | None = None) -> None:
+        super().__init__(
+            hint
+            or f"The model {quote(model)} is not downloaded. Download it with `POST /v1/models/pull` "
+            f'(body {{"model": "{model}"}}) or `voxtral-local pull {model}`, then try again.',
+            param="model",
         )
 
 

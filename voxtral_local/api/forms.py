@@ -72,7 +72,7 @@ def upload_bytes(upload: UploadFile) -> bytes:
 def check_model(model: str, settings: Settings) -> None:
     """404 unless `model` names the served model or one of its aliases."""
     if model not in settings.accepted_model_names:
-        raise ModelNotFoundError(model, settings.model_name)
+        raise ModelNotFoundError(model, [settings.model_name])
 
 
 def parse_audio_form(form: FormData, settings: Settings, params_type: type[P]) -> tuple[UploadFile, P]:

@@ -42,7 +42,7 @@ async def retrieve_model(model_id: str, settings: SettingsDep, engine: EngineDep
     if model_id == "pull" and model_id not in settings.accepted_model_names:
         raise HTTPException(405, "Method Not Allowed", headers={"Allow": "POST"})
     if model_id not in settings.accepted_model_names:
-        raise ModelNotFoundError(model_id, settings.model_name)
+        raise ModelNotFoundError(model_id, [settings.model_name])
     return describe_model(settings, engine)
 
 

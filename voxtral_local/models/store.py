@@ -118,16 +118,21 @@ class ModelDownloader:
             return self._current
 
 
-def is_cached(repo_id: str) -> bool:
-    """Whether the hub repository's snapshot is in the cache, complete (as far as the file list cached by
-    the last pull tells) and with a config.json; no network is used."""
+def cached_path(repo_id: str) -> Path | None:
+    """The snapshot directory of the hub repository in the cache when it is complete (as far as the file list
+    cached by the last pull tells) and has a config.json; None otherwise. No network is used."""
     from huggingface_hub import snapshot_download
 
     try:
-        folder = snapshot_download(repo_id, ignore_patterns=MISTRAL_FORMAT_FILES, local_files_only=True)
+        folder = Path(snapshot_download(repo_id, ignore_patterns=MISTRAL_FORMAT_FILES, local_files_only=True))
     except Exception:  # not in the cache, incomplete, or an id the hub would refuse
-        return False
-    return (Path(folder) / "config.json").is_file()
+        return None
+    return folder if (folder / "config.json").is_file() else None
+
+
+def is_cached(repo_id: str) -> bool:
+    """Whether `cached_path` finds the repository's snapshot complete in the cache; no network is used."""
+    return cached_path(repo_id) is not None
 
 
 def download_error(repo_id: str, exc: Exception) -> VoxtralError:
