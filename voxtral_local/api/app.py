@@ -12,6 +12,8 @@ from .. import __version__
 from ..backends.transformers import TransformersBackend
 from ..config import Settings
 from ..errors import ModelUnavailableError
+from ..models.catalog import ModelCatalog
+from ..models.registry import ModelRegistry
 from ..models.store import ModelDownloader
 from ..services.chat import ChatService
 from ..services.transcription import TranscriptionService
@@ -36,6 +38,11 @@ def create_app(settings: Settings, engine: TransformersBackend | None = None) ->
         engine_ = engine or TransformersBackend(settings)
         app.state.settings = settings
         app.state.engine = engine_
+        # The served models (VOXTRAL_MODEL, VOXTRAL_MODELS) and their lifecycle. Each loads on first use.
+        app.state.models = ModelRegistry(
+            ModelCatalog(settings),
+            lambda model, path: TransformersBackend(settings.model_copy(update={"model": str(path)})),  # type: ignore[arg-type,return-value]  # until it implements ModelBackend
+        )
         app.state.downloader = ModelDownloader(settings.model)
         app.state.transcription = TranscriptionService(settings, engine_)
         app.state.chat = ChatService(settings, engine_, app.state.transcription)

@@ -11,6 +11,7 @@ from fastapi import Depends, Request
 
 from ..backends.transformers import TransformersBackend
 from ..config import Settings
+from ..models.registry import ModelRegistry
 from ..models.store import ModelDownloader
 from ..services.chat import ChatService
 from ..services.transcription import TranscriptionService
@@ -22,6 +23,10 @@ async def get_settings(request: Request) -> Settings:
 
 async def get_engine(request: Request) -> TransformersBackend:
     return request.app.state.engine
+
+
+async def get_models(request: Request) -> ModelRegistry:
+    return request.app.state.models
 
 
 async def get_downloader(request: Request) -> ModelDownloader:
@@ -38,6 +43,7 @@ async def get_chat_service(request: Request) -> ChatService:
 
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 EngineDep = Annotated[TransformersBackend, Depends(get_engine)]
+ModelsDep = Annotated[ModelRegistry, Depends(get_models)]
 DownloaderDep = Annotated[ModelDownloader, Depends(get_downloader)]
 TranscriptionServiceDep = Annotated[TranscriptionService, Depends(get_transcription_service)]
 ChatServiceDep = Annotated[ChatService, Depends(get_chat_service)]

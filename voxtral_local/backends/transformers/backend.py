@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 import math
 import threading
@@ -161,6 +162,26 @@ class TransformersBackend:
             return True
         self.scheduler.close()
         return self.scheduler.join(timeout)
+
+    def unload(self) -> None:
+        """Free the model: the decoder thread ends, and the weights, processor, features and memory plan are
+        dropped (with a garbage collection and, on CUDA, the allocator's cache emptied), so the process's
+        memory goes back down. The caller makes sure no request uses the model; the next `load` loads it
+        again."""
+        with self._load_lock:
+            scheduler, self.scheduler = self.scheduler, None
+            if scheduler is not None:
+                scheduler.close()
+                if not scheduler.join(timeout=60.0):
+                    logger.warning("the decoder thread of %s did not end within 60 s", self.settings.model)
+            device = self.device
+            self.model = self.processor = self.features = None
+            self.device = self.dtype = None
+            if hasattr(self, "plan"):
+                del self.plan
+        gc.collect()
+        if device is not None and device.type == "cuda":
+            torch.cuda.empty_cache()
 
     def row_capacity(self) -> int | None:
         """Rows of full-length chunks (prompt plus token cap) the memory plan holds at once, within
