@@ -269,9 +269,8 @@ def http_server(settings: Settings, engine: TransformersBackend) -> Iterator[str
 
     from voxtral_local.api import create_app
 
-    server = uvicorn.Server(
-        uvicorn.Config(create_app(settings, engine), host="127.0.0.1", port=settings.port, log_level="warning")
-    )
+    app = create_app(settings, {engine.model_id: engine})
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=settings.port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     while not server.started:
@@ -310,7 +309,7 @@ def main() -> None:
     port = args.port or free_port()
     settings = Settings(_env_file=None, model="benchmark", port=port, max_tokens_per_audio_second=rate)
     model, processor = build_model(args.preset, args.model, device, dtype)
-    engine = TransformersBackend(settings)
+    engine = TransformersBackend(settings.model, Path(settings.model), settings)  # in memory only: never loaded
     engine.adopt(model, processor)
     params = sum(p.numel() for p in model.parameters())
     weights_mb = sum(p.numel() * p.element_size() for p in model.parameters()) / 2**20
@@ -340,9 +339,9 @@ def main() -> None:
                 with memory.measure():
                     start = time.perf_counter()
                     if strategy == "http":
-                        tokens, http_wall, first_delta = run_http(url, settings.model_name, mp3, engine)
+                        tokens, http_wall, first_delta = run_http(url, engine.model_id, mp3, engine)
                     elif strategy == "concurrent":
-                        tokens = run_concurrent(url, settings.model_name, mp3, args.concurrency)
+                        tokens = run_concurrent(url, engine.model_id, mp3, args.concurrency)
                     else:
                         tokens = runners[strategy](mp3)
                     wall = time.perf_counter() - start

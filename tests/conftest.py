@@ -18,10 +18,12 @@ from fastapi import FastAPI
 from openai import OpenAI
 
 from voxtral_local.api import create_app
+from voxtral_local.api.app import model_registry
 from voxtral_local.audio.decode import decode_audio
 from voxtral_local.backends.transformers import TransformersBackend
 from voxtral_local.config import Settings
-from voxtral_local.services.transcription import TranscriptionService
+from voxtral_local.models.registry import ModelRegistry
+from voxtral_local.services.transcription import TranscriptionRequest, TranscriptionService
 from voxtral_local.testing.tiny_model import build_tiny_model
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -29,7 +31,7 @@ os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
 FIXTURES = Path(__file__).parent / "fixtures"
 FORMATS = ["wav", "mp3", "m4a", "flac", "ogg", "opus", "webm", "mp4", "mov"]
-# The app behind each running server's URL, for tests that inspect or inject faults into its engine.
+# The app behind each running server's URL, for tests that inspect or inject faults into its backend.
 APPS: dict[str, FastAPI] = {}
 
 
@@ -43,13 +45,36 @@ def silent_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_tiny_model(tmp_path_factory.mktemp("models") / "voxtral-silent", silent=True)
 
 
+def make_backend(model_dir: Path, **overrides: Any) -> TransformersBackend:
+    """A backend (not loaded) for the checkpoint in `model_dir`, served as the directory's name, with
+    `overrides` as its settings."""
+    return TransformersBackend(model_dir.name, model_dir, Settings(_env_file=None, model=str(model_dir), **overrides))
+
+
+def loaded_backend(models: ModelRegistry, name: str | None = None) -> TransformersBackend:
+    """The backend of the model `name` means (default: the default model), loaded."""
+    with models.use(name or models.catalog.default.id) as backend:
+        assert isinstance(backend, TransformersBackend)
+        return backend
+
+
+def backend_of(url: str) -> TransformersBackend:
+    """The default model's backend of the server at `url` (loaded), for tests that inspect or inject faults."""
+    return loaded_backend(APPS[url].state.models)
+
+
+def request_for(service: TranscriptionService, audio: Any, **fields: Any) -> TranscriptionRequest:
+    """A request for `audio` to the service's default model; `fields` are the request's other fields."""
+    return TranscriptionRequest(model=service.models.catalog.default.id, audio=audio, **fields)
+
+
 @pytest.fixture(scope="module")
 def service(tiny_model_dir: Path) -> TranscriptionService:
-    """A transcription service on the tiny model, loaded, without a server."""
+    """A transcription service on the tiny model (served as `voxtral-tiny`), loaded, without a server."""
     settings = Settings(_env_file=None, model=str(tiny_model_dir))
-    engine = TransformersBackend(settings)
-    engine.load()
-    return TranscriptionService(settings, engine)
+    service = TranscriptionService(settings, model_registry(settings))
+    loaded_backend(service.models)
+    return service
 
 
 @pytest.fixture(scope="session")

@@ -22,7 +22,7 @@ from openai.types.audio import TranscriptionTextDeltaEvent, TranscriptionTextDon
 from voxtral_local.backends.transformers import TransformersBackend
 from voxtral_local.testing.audio_files import encode
 
-from .conftest import APPS, FIXTURES, running_server
+from .conftest import FIXTURES, backend_of, running_server
 from .spies import spy_forward
 from .test_chunking import speech_with_gaps
 
@@ -95,7 +95,7 @@ def small_batch_url(tiny_model_dir: Path) -> Iterator[str]:
 
 
 def test_first_delta_arrives_while_later_chunks_are_still_generating(small_batch_url: str, long_mp3: bytes) -> None:
-    engine = APPS[small_batch_url].state.engine
+    engine = backend_of(small_batch_url)
     client = OpenAI(base_url=f"{small_batch_url}/v1", api_key="x", max_retries=0)
     with counted_forward(engine) as calls:
         stream = client.audio.transcriptions.create(model=MODEL, file=("long.mp3", long_mp3, "audio/mpeg"), stream=True)
@@ -117,7 +117,7 @@ def test_first_delta_arrives_while_later_chunks_are_still_generating(small_batch
 
 
 def test_an_error_after_the_stream_started_is_an_error_event(small_batch_url: str, long_mp3: bytes) -> None:
-    engine = APPS[small_batch_url].state.engine
+    engine = backend_of(small_batch_url)
     client = OpenAI(base_url=f"{small_batch_url}/v1", api_key="x", max_retries=0)
     received: list[str] = []
     with counted_forward(engine, fail_after=40), pytest.raises(openai.APIError) as info:
@@ -142,7 +142,7 @@ def wait_until_idle(engine: TransformersBackend, seconds: float = 30) -> None:
 
 
 def test_disconnect_mid_stream_stops_generation(small_batch_url: str, long_mp3: bytes) -> None:
-    engine = APPS[small_batch_url].state.engine
+    engine = backend_of(small_batch_url)
     client = OpenAI(base_url=f"{small_batch_url}/v1", api_key="x", max_retries=0)
     with counted_forward(engine) as calls:
         full = sum(
@@ -165,7 +165,7 @@ def test_disconnect_mid_stream_stops_generation(small_batch_url: str, long_mp3: 
 
 
 def test_disconnect_mid_request_stops_generation(small_batch_url: str, long_mp3: bytes) -> None:
-    engine = APPS[small_batch_url].state.engine
+    engine = backend_of(small_batch_url)
     request = httpx.Request(
         "POST",
         f"{small_batch_url}/v1/audio/transcriptions",
@@ -214,5 +214,5 @@ def test_threads_are_not_leaked_by_cancelled_streams(small_batch_url: str, long_
         stream = client.audio.transcriptions.create(model=MODEL, file=("a.mp3", long_mp3, "audio/mpeg"), stream=True)
         next(iter(stream))
         stream.close()
-    wait_until_idle(APPS[small_batch_url].state.engine)
+    wait_until_idle(backend_of(small_batch_url))
     assert threading.active_count() <= before + 3  # the worker pool may grow, but nothing keeps generating

@@ -15,7 +15,7 @@ from openai.types.audio import Transcription, TranscriptionVerbose
 from voxtral_local.audio.decode import SAMPLE_RATE
 from voxtral_local.testing.audio_files import encode
 
-from .conftest import APPS, FIXTURES, FORMATS
+from .conftest import APPS, FIXTURES, FORMATS, request_for
 from .test_chunking import speech_with_gaps
 
 MODEL = "voxtral-tiny"
@@ -236,7 +236,7 @@ def test_a_multi_megabyte_upload_gives_the_transcript_of_its_bytes(
     assert len(wav) > 3 * 2**20  # past the 1 MiB that Starlette would spool to disk
     result = client.audio.transcriptions.create(model=MODEL, file=("long.wav", wav, "audio/wav"))
     service = APPS[base_url].state.transcription
-    assert result.text == service.transcribe(wav, language=None).text
+    assert result.text == service.transcribe(request_for(service, wav, language=None)).text
 
 
 @pytest.mark.parametrize(

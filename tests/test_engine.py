@@ -16,15 +16,16 @@ from voxtral_local.backends.base import Sampling
 from voxtral_local.backends.transformers import TransformersBackend
 from voxtral_local.backends.transformers.prompts import transcription_inputs
 from voxtral_local.backends.transformers.runtime import resolve_device, resolve_dtype
-from voxtral_local.config import Settings
 from voxtral_local.errors import ModelUnavailableError
+
+from .conftest import make_backend
 
 BOS, INST, END_INST, AUDIO, BEGIN_AUDIO, TRANSCRIBE = 1, 3, 4, 24, 25, 34
 
 
 @pytest.fixture(scope="module")
 def engine(tiny_model_dir: Path) -> TransformersBackend:
-    engine = TransformersBackend(Settings(_env_file=None, model=str(tiny_model_dir)))
+    engine = make_backend(tiny_model_dir)
     engine.load()
     return engine
 
@@ -83,8 +84,7 @@ def test_batched_decoding_gives_the_same_tokens_as_each_chunk_alone(
 
 def test_batched_decoding_with_left_padding_matches_single(tiny_model_dir: Path, speech: np.ndarray) -> None:
     # 45 s chunks: one chunk spans two windows (750 audio tokens), another one window, so rows are padded.
-    settings = Settings(_env_file=None, model=str(tiny_model_dir), chunk_seconds=45)
-    engine = TransformersBackend(settings)
+    engine = make_backend(tiny_model_dir, chunk_seconds=45)
     long_chunk = np.tile(speech, 8)[: SAMPLE_RATE * 44]
     chunks = [long_chunk, speech]
     inputs = transcription_inputs(engine_processor(engine), chunks, language=None, model_id="voxtral")
@@ -109,7 +109,7 @@ def test_token_cap_is_reported_when_hit(engine: TransformersBackend, speech: np.
 
 
 def test_a_model_that_hears_nothing_stops_at_once(silent_model_dir: Path, speech: np.ndarray) -> None:
-    engine = TransformersBackend(Settings(_env_file=None, model=str(silent_model_dir)))
+    engine = make_backend(silent_model_dir)
     (out,) = engine.transcribe([speech], language=None)
     assert out.text == "" and out.token_ids == [] and not out.hit_cap
     assert out.no_speech_prob == pytest.approx(1.0)
@@ -139,16 +139,15 @@ def test_concurrent_requests_do_not_corrupt_each_other(engine: TransformersBacke
 
 
 def test_missing_checkpoint_directory_is_unavailable(tmp_path: Path) -> None:
-    engine = TransformersBackend(Settings(_env_file=None, model=str(tmp_path / "nothing")))
-    assert not engine.is_downloaded()
-    with pytest.raises(ModelUnavailableError, match="does not exist"):
+    engine = make_backend(tmp_path / "nothing")
+    with pytest.raises(ModelUnavailableError, match="'nothing' could not be loaded"):
         engine.load()
     assert not engine.loaded
 
 
 def test_broken_checkpoint_is_unavailable_with_the_reason(tmp_path: Path) -> None:
     (tmp_path / "config.json").write_text("{not json")
-    engine = TransformersBackend(Settings(_env_file=None, model=str(tmp_path)))
+    engine = make_backend(tmp_path)
     with pytest.raises(ModelUnavailableError, match="could not be loaded"):
         engine.load()
 

@@ -28,9 +28,8 @@ from voxtral_local.backends.transformers.decoding import DecodeBatch
 from voxtral_local.backends.transformers.kv_cache import RoomyLayer, roomy_cache
 from voxtral_local.backends.transformers.memory import DEFAULT_BUDGET, FREE_FRACTION, MemoryPlan, free_bytes
 from voxtral_local.backends.transformers.prompts import transcription_inputs
-from voxtral_local.config import Settings
 
-from .conftest import FIXTURES, running_server
+from .conftest import FIXTURES, make_backend, running_server
 from .spies import spy_forward
 from .test_scheduler import together
 
@@ -46,9 +45,7 @@ pytestmark = [
 
 @pytest.fixture(scope="module")
 def engine(tiny_model_dir: Path) -> TransformersBackend:
-    engine = TransformersBackend(
-        Settings(_env_file=None, model=str(tiny_model_dir), device=DEVICE.type, dtype="bfloat16")
-    )
+    engine = make_backend(tiny_model_dir, device=DEVICE.type, dtype="bfloat16")
     engine.load()
     assert engine.model.device.type == DEVICE.type and engine.model.dtype == torch.bfloat16
     return engine
@@ -185,18 +182,14 @@ def test_memory_plan_reads_the_devices_free_memory(engine: TransformersBackend) 
 def test_memory_plan_bounds_what_a_long_request_allocates(tiny_model_dir: Path, speech: np.ndarray) -> None:
     """A budget that admits a few rows at a time: the device's peak allocation above the weights stays within
     it (the plan's per-token and per-window figures are upper bounds)."""
-    engine = TransformersBackend(Settings(_env_file=None, model=str(tiny_model_dir), device="cuda", dtype="bfloat16"))
+    engine = make_backend(tiny_model_dir, device="cuda", dtype="bfloat16")
     engine.load()
     assert engine.features is not None
     audio = [np.tile(speech, 10)[: 30 * SAMPLE_RATE]] * 12
     plan = engine.plan
     row = engine.features.prompt_length(1, "en") + engine.token_cap(30)
     budget = 3 * row * plan.kv_per_token + 3 * row * plan.prefill_per_token + 3 * plan.encoder_per_window
-    limited = TransformersBackend(
-        Settings(
-            _env_file=None, model=str(tiny_model_dir), device="cuda", dtype="bfloat16", memory_budget_gb=budget / 2**30
-        )
-    )
+    limited = make_backend(tiny_model_dir, device="cuda", dtype="bfloat16", memory_budget_gb=budget / 2**30)
     limited.adopt(engine.model, engine.processor)
     torch.cuda.synchronize()
     start = torch.cuda.memory_allocated()

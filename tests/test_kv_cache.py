@@ -17,7 +17,8 @@ from voxtral_local.backends.transformers import TransformersBackend
 from voxtral_local.backends.transformers.decoding import DecodeBatch
 from voxtral_local.backends.transformers.kv_cache import RoomyLayer, layout, roomy_cache
 from voxtral_local.backends.transformers.prompts import transcription_inputs
-from voxtral_local.config import Settings
+
+from .conftest import make_backend
 
 
 def states(rows: int, length: int, seed: int) -> torch.Tensor:
@@ -117,7 +118,7 @@ def test_rows_joining_and_leaving_need_one_more_layer_not_a_second_cache() -> No
 @pytest.fixture(scope="module", params=["float32", "bfloat16"])
 def engine(tiny_model_dir: Path, request: pytest.FixtureRequest) -> TransformersBackend:
     """The engine in float32 (a CPU's default) and in bfloat16 (a GPU's: its casts run here too)."""
-    engine = TransformersBackend(Settings(_env_file=None, model=str(tiny_model_dir), dtype=request.param))
+    engine = make_backend(tiny_model_dir, dtype=request.param)
     engine.load()
     assert engine.model.dtype == getattr(torch, request.param)
     return engine

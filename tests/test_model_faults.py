@@ -13,7 +13,7 @@ import pytest
 
 from voxtral_local.testing.tiny_model import build_tiny_model
 
-from .conftest import APPS, FIXTURES, running_server
+from .conftest import FIXTURES, backend_of, running_server
 
 WAV = (FIXTURES / "speech.wav").read_bytes()
 DECODABLE = 1000 + 4096  # the tiny model's tokenizer: special tokens + vocabulary
@@ -62,7 +62,8 @@ def test_generation_never_chooses_an_id_the_tokenizer_lacks(mismatched_url: str)
 def test_an_undecodable_token_fails_its_request_cleanly(mismatched_url: str) -> None:
     """With the mask taken away (a fault injected into the running engine), the model picks ids past the
     tokenizer: that request gets a 503 envelope (or an error event), and the server goes on."""
-    scheduler = APPS[mismatched_url].state.engine.scheduler
+    scheduler = backend_of(mismatched_url).scheduler
+    assert scheduler is not None
     mask = scheduler.suppress
     scheduler.suppress = None
     try:

@@ -20,7 +20,7 @@ from voxtral_local.errors import AudioDecodeError, AudioTooLongError
 from voxtral_local.services.transcription import PartialUpload, TranscriptionService
 from voxtral_local.testing.audio_files import encode
 
-from .conftest import APPS, FIXTURES
+from .conftest import APPS, FIXTURES, backend_of, loaded_backend, request_for
 from .spies import spy_forward
 from .test_api_streaming import wait_until_idle
 from .test_audio import long_speech
@@ -83,9 +83,9 @@ def test_a_streamed_long_upload_gives_the_same_transcript_as_a_plain_one(
     data = encode(audio, "wav")
     start = service.decode_start(data)
     assert isinstance(start, PartialUpload)
-    plain = service.transcribe(data, language="en")
+    plain = service.transcribe(request_for(service, data, language="en"))
     deltas: list[str] = []
-    streamed = service.transcribe(start, language="en", on_delta=deltas.append)
+    streamed = service.transcribe(request_for(service, start, language="en", on_delta=deltas.append))
     assert "".join(deltas) == streamed.text == plain.text
     assert streamed.duration == plain.duration
     spans = [[(s.start, s.end, s.tokens) for s in r.segments] for r in (streamed, plain)]
@@ -120,7 +120,7 @@ def test_the_first_words_do_not_wait_for_the_rest_of_the_upload(
         deltas.append(delta)
         first_words.set()
 
-    result = service.transcribe(start, language=None, on_delta=on_delta)
+    result = service.transcribe(request_for(service, start, language=None, on_delta=on_delta))
     assert deltas and "".join(deltas) == result.text
     assert result.segments[-1].end == pytest.approx(result.duration, abs=1e-3)
     assert len(result.segments) == len(split_audio(decode_audio(start.data, max_seconds=600), max_chunk_s=30))
@@ -129,7 +129,7 @@ def test_the_first_words_do_not_wait_for_the_rest_of_the_upload(
 def test_rows_added_while_decoding_give_the_tokens_of_one_batch(
     service: TranscriptionService, speech: np.ndarray
 ) -> None:
-    engine = service.engine
+    engine = loaded_backend(service.models)
     audio, _ = speech_with_gaps(speech, minutes=3)
     chunks = [c.samples for c in split_audio(audio, max_chunk_s=30)]
     at_once = [o.token_ids for o in engine.transcribe(chunks, language="en")]
@@ -145,7 +145,7 @@ def test_rows_added_while_decoding_give_the_tokens_of_one_batch(
 
 
 def test_a_failure_while_adding_rows_ends_that_request_only(service: TranscriptionService, speech: np.ndarray) -> None:
-    engine = service.engine
+    engine = loaded_backend(service.models)
     chunks = [c.samples for c in split_audio(speech_with_gaps(speech, minutes=2)[0], max_chunk_s=30)]
 
     def rest() -> Iterator[list[np.ndarray]]:
@@ -179,7 +179,7 @@ def test_a_fault_found_after_the_stream_started_is_an_error_event(base_url: str,
         events = [json.loads(line[len("data: ") :]) for line in response.iter_lines() if line]
     assert all(e["type"] == "transcript.text.delta" for e in events[:-1])  # words, if any came first
     assert events[-1]["error"]["code"] == "invalid_audio" and "truncated" in events[-1]["error"]["message"]
-    wait_until_idle(APPS[base_url].state.engine)
+    wait_until_idle(backend_of(base_url))
     with open(FIXTURES / "speech.wav", "rb") as f:
         assert client.audio.transcriptions.create(model=MODEL, file=f).text  # the server serves on
 
@@ -200,13 +200,13 @@ def test_a_plain_request_also_starts_before_the_whole_upload_is_decoded(
     base_url: str, speech: np.ndarray, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     service: TranscriptionService = APPS[base_url].state.transcription
-    service.engine.load()
+    loaded_backend(service.models).load()
     first_pass = threading.Event()
     hold_the_whole_decode(service, monkeypatch, until=first_pass)
     audio, _ = speech_with_gaps(speech, minutes=3)
     mp3 = encode(audio, "mp3")
     client = OpenAI(base_url=f"{base_url}/v1", api_key="x", max_retries=0, timeout=120)
-    with spy_forward(service.engine.model, lambda args, kwargs: first_pass.set()):
+    with spy_forward(loaded_backend(service.models).model, lambda args, kwargs: first_pass.set()):
         result = client.audio.transcriptions.create(
             model=MODEL, file=("a.mp3", mp3, "audio/mpeg"), response_format="verbose_json"
         )

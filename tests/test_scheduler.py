@@ -18,15 +18,15 @@ from voxtral_local.audio.decode import SAMPLE_RATE
 from voxtral_local.backends.base import Sampling
 from voxtral_local.backends.transformers import TransformersBackend
 from voxtral_local.backends.transformers.memory import MemoryPlan
-from voxtral_local.config import Settings
 from voxtral_local.errors import GenerationCancelledError
 
+from .conftest import make_backend
 from .spies import spy_forward
 from .test_chunking import speech_with_gaps
 
 
 def make_engine(model_dir: Path, **overrides: Any) -> TransformersBackend:
-    engine = TransformersBackend(Settings(_env_file=None, model=str(model_dir), **overrides))
+    engine = make_backend(model_dir, **overrides)
     engine.load()
     return engine
 

@@ -9,8 +9,8 @@ During a shutdown new model requests get 503 (`server_shutting_down`).
 
 The limit is `VOXTRAL_MAX_QUEUE`, or by default twice the batch capacity: one batch decoding and about one
 batch waiting for room. The batch capacity is `VOXTRAL_BATCH_SIZE` when set, else the rows of full-length
-chunks (prompt plus token cap) the engine's memory plan holds at once, at most `AUTO_MAX_ROWS`, and
-`AUTO_MAX_ROWS` until the model is loaded.
+chunks (prompt plus token cap) the default model's backend holds at once (`row_capacity`), at most
+`AUTO_MAX_ROWS`, and `AUTO_MAX_ROWS` until that model is loaded.
 """
 
 from __future__ import annotations
@@ -22,9 +22,9 @@ from collections import deque
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from ..backends.transformers import TransformersBackend
 from ..config import Settings
 from ..errors import ServerOverloadedError, ServerShuttingDownError
+from ..models.registry import ModelRegistry
 from .errors import domain_error_response
 from .workers import InFlight
 
@@ -45,7 +45,7 @@ class Admission:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.engine: TransformersBackend | None = None  # set by the lifespan; its memory plan sizes the default
+        self.models: ModelRegistry | None = None  # set by the lifespan; the default model sizes the default
         self.admitted = 0
         self._capacity: int | None = None
         self._completions: deque[float] = deque(maxlen=COMPLETIONS_KEPT)
@@ -58,11 +58,13 @@ class Admission:
     @property
     def batch_capacity(self) -> int:
         """Rows decoded at once: `VOXTRAL_BATCH_SIZE`, else what the memory plan holds (at most
-        `AUTO_MAX_ROWS`, which is also the figure until the model is loaded)."""
+        `AUTO_MAX_ROWS`, which is also the figure until the default model is loaded)."""
         if self.settings.batch_size:
             return self.settings.batch_size
-        if self._capacity is None and self.engine is not None:
-            rows = self.engine.row_capacity()
+        if self._capacity is None and self.models is not None:
+            default = self.models.catalog.default.id
+            backends = [backend for slot, backend in self.models.loaded() if slot.model.id == default]
+            rows = backends[0].row_capacity() if backends else None
             if rows is not None:
                 self._capacity = min(rows, AUTO_MAX_ROWS)
                 logger.info("admission: up to %d model requests at once", 2 * self._capacity)

@@ -3,17 +3,19 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
+from pathlib import Path
 
 from fastapi import FastAPI
 
 from .. import __version__
+from ..backends.base import ModelBackend
 from ..backends.transformers import TransformersBackend
 from ..config import Settings
-from ..errors import ModelUnavailableError
-from ..models.catalog import ModelCatalog
-from ..models.registry import ModelRegistry
+from ..errors import VoxtralError
+from ..models.catalog import ModelCatalog, ServedModel
+from ..models.registry import ModelRegistry, locate
 from ..models.store import ModelDownloader
 from ..services.chat import ChatService
 from ..services.transcription import TranscriptionService
@@ -29,31 +31,46 @@ from .workers import InFlight, run_in_worker
 logger = logging.getLogger(__name__)
 
 
-def create_app(settings: Settings, engine: TransformersBackend | None = None) -> FastAPI:
-    """Build the app; the lifespan creates the engine (unless one is given, as the benchmark does) and
-    loads it at startup only with `preload`."""
+def model_registry(settings: Settings, backends: Mapping[str, ModelBackend] | None = None) -> ModelRegistry:
+    """The served models (VOXTRAL_MODEL, VOXTRAL_MODELS) with a `TransformersBackend` each, loaded on first
+    use. `backends` are built already (by id; the benchmark's model lives only in memory): the registry takes
+    them as they are, with no checkpoint directory looked for."""
+    given = dict(backends or {})
+    catalog = ModelCatalog(settings)
+    unknown = set(given) - set(catalog.models)
+    if unknown:
+        raise ValueError(f"backends given for models that are not served: {sorted(unknown)}")
+
+    def factory(model: ServedModel, path: Path) -> ModelBackend:
+        return given.get(model.id) or TransformersBackend(model.id, path, settings)
+
+    def find(model: ServedModel) -> Path:
+        return Path(model.source) if model.id in given else locate(model)
+
+    return ModelRegistry(catalog, factory, find)
+
+
+def create_app(settings: Settings, backends: Mapping[str, ModelBackend] | None = None) -> FastAPI:
+    """Build the app. The lifespan creates the model registry (with `backends`, built already, registered as
+    loaded) and the services, and loads the default model at startup only with `preload`."""
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        engine_ = engine or TransformersBackend(settings)
         app.state.settings = settings
-        app.state.engine = engine_
-        # The served models (VOXTRAL_MODEL, VOXTRAL_MODELS) and their lifecycle. Each loads on first use.
-        app.state.models = ModelRegistry(
-            ModelCatalog(settings),
-            lambda model, path: TransformersBackend(settings.model_copy(update={"model": str(path)})),  # type: ignore[arg-type,return-value]  # until it implements ModelBackend
-        )
+        models = app.state.models = model_registry(settings, backends)
         app.state.downloader = ModelDownloader(settings.model)
-        app.state.transcription = TranscriptionService(settings, engine_)
-        app.state.chat = ChatService(settings, engine_, app.state.transcription)
+        app.state.transcription = TranscriptionService(settings, models)
+        app.state.chat = ChatService(settings, models, app.state.transcription)
+        for model_id in backends or {}:
+            await run_in_worker(_load, models, model_id)
         if settings.preload:
             try:
-                await run_in_worker(engine_.load)
-            except ModelUnavailableError as exc:
-                logger.error("preload failed; requests will get 503 until it loads: %s", exc.message)
-        admission.engine = engine_
+                await run_in_worker(_load, models, models.catalog.default.id)
+            except VoxtralError as exc:
+                logger.error("preload failed; requests will get an error until it loads: %s", exc.message)
+        admission.models = models
         yield
-        inflight.stop_all()  # nothing should be left by now; whatever is (a forced exit) stops with the engine
+        inflight.stop_all()  # nothing should be left by now; whatever is (a forced exit) stops with the backends
 
     app = FastAPI(title="voxtral-local", version=__version__, lifespan=lifespan)
     install_error_handlers(app)
@@ -71,3 +88,8 @@ def create_app(settings: Settings, engine: TransformersBackend | None = None) ->
     app.include_router(routes_models.router)
     app.include_router(routes_pull.router)
     return app
+
+
+def _load(models: ModelRegistry, model_id: str) -> None:
+    with models.use(model_id):
+        pass

@@ -15,12 +15,23 @@ from ..errors import ServerShuttingDownError
 from .workers import InFlight, run_in_worker
 
 R = TypeVar("R")
-DeltaWork = Callable[[Callable[[str], None], threading.Event], R]
 
 
 @dataclass(frozen=True)
 class Delta:
     text: str
+
+
+@dataclass(frozen=True)
+class Progress:
+    """Seconds of audio done, and in all (None while unknown)."""
+
+    done: float
+    total: float | None
+
+
+Emit = Callable[[str | Progress], None]  # hands a text delta or a progress report to the stream
+DeltaWork = Callable[[Emit, threading.Event], R]
 
 
 @dataclass(frozen=True)
@@ -59,19 +70,20 @@ async def run_until_disconnect(request: Request, work: Callable[[threading.Event
         watcher.cancel()
 
 
-async def stream_deltas(work: DeltaWork[R], inflight: InFlight) -> AsyncIterator[Delta | Done[R] | Failed]:
-    """Run `work(emit, cancel)` on a thread of its own and yield its deltas as they come, then Done or Failed.
+async def stream_deltas(work: DeltaWork[R], inflight: InFlight) -> AsyncIterator[Delta | Progress | Done[R] | Failed]:
+    """Run `work(emit, cancel)` on a thread of its own and yield its deltas (and progress reports) as they
+    come, then Done or Failed.
 
     When the consumer stops early (the response was cancelled because the client left), the cancel
     event is set and the engine stops within a decoding step or two. Work stopped by the shutdown deadline
     ends with Failed(ServerShuttingDownError).
     """
     loop = asyncio.get_running_loop()
-    queue: asyncio.Queue[Delta | Done[R] | Failed] = asyncio.Queue()
+    queue: asyncio.Queue[Delta | Progress | Done[R] | Failed] = asyncio.Queue()
     cancel = threading.Event()
 
-    def emit(text: str) -> None:
-        loop.call_soon_threadsafe(queue.put_nowait, Delta(text))
+    def emit(item: str | Progress) -> None:
+        loop.call_soon_threadsafe(queue.put_nowait, item if isinstance(item, Progress) else Delta(item))
 
     def run() -> None:
         outcome: Done[R] | Failed
@@ -88,7 +100,7 @@ async def stream_deltas(work: DeltaWork[R], inflight: InFlight) -> AsyncIterator
             while True:
                 item = await queue.get()
                 yield item
-                if not isinstance(item, Delta):
+                if isinstance(item, Done | Failed):
                     break
     except ServerShuttingDownError as exc:  # the deadline had passed before the work could start
         yield Failed(exc)

@@ -9,7 +9,6 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
-from ..backends.transformers import TransformersBackend
 from ..config import Settings
 from ..models.registry import ModelRegistry
 from ..models.store import ModelDownloader
@@ -19,10 +18,6 @@ from ..services.transcription import TranscriptionService
 
 async def get_settings(request: Request) -> Settings:
     return request.app.state.settings
-
-
-async def get_engine(request: Request) -> TransformersBackend:
-    return request.app.state.engine
 
 
 async def get_models(request: Request) -> ModelRegistry:
@@ -42,7 +37,6 @@ async def get_chat_service(request: Request) -> ChatService:
 
 
 SettingsDep = Annotated[Settings, Depends(get_settings)]
-EngineDep = Annotated[TransformersBackend, Depends(get_engine)]
 ModelsDep = Annotated[ModelRegistry, Depends(get_models)]
 DownloaderDep = Annotated[ModelDownloader, Depends(get_downloader)]
 TranscriptionServiceDep = Annotated[TranscriptionService, Depends(get_transcription_service)]

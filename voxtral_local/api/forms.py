@@ -14,7 +14,9 @@ from starlette.datastructures import FormData, UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
 
 from ..config import Settings
-from ..errors import InvalidRequestError, ModelNotFoundError, UnsupportedMediaTypeError, quote, shorten
+from ..errors import InvalidRequestError, UnsupportedMediaTypeError, quote, shorten
+from ..models.catalog import ServedModel
+from ..models.registry import ModelRegistry
 from ..protocol import TranscriptionCreateParams
 from .errors import validation_to_domain
 
@@ -69,13 +71,13 @@ def upload_bytes(upload: UploadFile) -> bytes:
     return upload.file.read()
 
 
-def check_model(model: str, settings: Settings) -> None:
-    """404 unless `model` names the served model or one of its aliases."""
-    if model not in settings.accepted_model_names:
-        raise ModelNotFoundError(model, [settings.model_name])
+def served_model(models: ModelRegistry, name: str) -> ServedModel:
+    """The served model a request's `model` field names (an id, an alias or a configured source): the one
+    place every route resolves it. ModelNotFoundError (404) for any other name."""
+    return models.resolve(name)
 
 
-def parse_audio_form(form: FormData, settings: Settings, params_type: type[P]) -> tuple[UploadFile, P]:
+def parse_audio_form(form: FormData, models: ModelRegistry, params_type: type[P]) -> tuple[UploadFile, P]:
     """The uploaded file and validated parameters; InvalidRequestError/ModelNotFoundError otherwise."""
     upload: UploadFile | None = None
     fields: dict[str, Any] = {}
@@ -104,7 +106,7 @@ def parse_audio_form(form: FormData, settings: Settings, params_type: type[P]) -
         raise InvalidRequestError(
             "Missing required parameter: 'file'.", param="file", code="missing_required_parameter"
         )
-    check_model(getattr(params, "model"), settings)  # noqa: B009 - every audio params model has one
+    served_model(models, getattr(params, "model"))  # noqa: B009 - every audio params model has one
     return upload, params
 
 

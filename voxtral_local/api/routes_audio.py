@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
+from dataclasses import replace
 from typing import Any
 
 from fastapi import APIRouter, Request, Response
@@ -20,12 +21,12 @@ from ..protocol import (
     TranscriptionVerbose,
     TranslationCreateParams,
 )
-from ..responses.transcription import Task, TokenBytes, render, token_logprobs, token_usage, transcript_logprobs
+from ..responses.transcription import Task, bytes_of, render, token_logprobs, token_usage, transcript_logprobs
 from ..services.streaming import TextDelta
-from ..services.transcription import TranscriptionResult
+from ..services.transcription import TranscriptionRequest, TranscriptionResult
 from . import sse
-from .background import Delta, Done, inflight_of, run_until_disconnect, stream_deltas
-from .deps import SettingsDep, TranscriptionServiceDep
+from .background import Delta, DeltaWork, Done, Emit, Progress, inflight_of, run_until_disconnect, stream_deltas
+from .deps import ModelsDep, SettingsDep, TranscriptionServiceDep
 from .forms import LIST_FIELDS, audio_form, check_transcription_options, parse_audio_form, upload_bytes
 from .openapi import MODEL_WORK_ERRORS, error_responses, multipart_body
 from .workers import InFlight, run_in_worker
@@ -42,8 +43,6 @@ AUDIO_RESPONSES: dict[int | str, dict[str, Any]] = {
     **error_responses(*MODEL_WORK_ERRORS, 415),
 }
 
-TRANSLATE_INSTRUCTION = "Translate this audio into English. Reply with the English translation only."
-
 
 @router.post(
     "/v1/audio/transcriptions",
@@ -51,37 +50,39 @@ TRANSLATE_INSTRUCTION = "Translate this audio into English. Reply with the Engli
     responses=AUDIO_RESPONSES,
     openapi_extra=multipart_body(TranscriptionCreateParams, list_fields=LIST_FIELDS),
 )
-async def create_transcription(request: Request, settings: SettingsDep, service: TranscriptionServiceDep) -> Response:
-    """Transcribe an uploaded file (multipart, as `client.audio.transcriptions.create` sends it)."""
+async def create_transcription(
+    request: Request, settings: SettingsDep, models: ModelsDep, service: TranscriptionServiceDep
+) -> Response:
+    """Transcribe an uploaded file (multipart, as `client.audio.transcriptions.create` sends it). With
+    `stream`, SSE comment lines `: progress <done> <total>` (seconds of audio; total `?` while unknown) go
+    between the events as chunks finish; clients that follow the SSE format ignore them."""
     async with audio_form(request, settings) as form:
-        upload, params = parse_audio_form(form, settings, TranscriptionCreateParams)
+        upload, params = parse_audio_form(form, models, TranscriptionCreateParams)
         check_transcription_options(params)
         language = normalize_language(params.language)
         data = upload_bytes(upload)
     headers = {"X-Voxtral-Ignored-Fields": "prompt"} if params.prompt else {}
-    token_bytes = service.engine.token_bytes if "logprobs" in params.include else None
+    logprobs = "logprobs" in params.include
     # Only the head of a long upload is decoded before its first chunk goes to the model; the rest meanwhile.
     # Decoding stops if the client leaves (or at the shutdown deadline), as generation does.
     audio = await run_until_disconnect(request, lambda cancel: service.decode_start(data, cancel))
+    asked = TranscriptionRequest(
+        model=params.model, audio=audio, language=language, temperature=params.temperature, logprobs=logprobs
+    )
     if params.stream:
-        await run_in_worker(service.engine.load)  # a load failure is a 503, not a stream error
+        await run_in_worker(service.prepare, params.model)  # a load failure is an error status, not a stream error
 
-        def work(emit: Callable[[str], None], cancel: threading.Event) -> TranscriptionResult:
-            return service.transcribe(
-                audio, language=language, temperature=params.temperature, on_delta=emit, cancel=cancel
-            )
+        def work(emit: Emit, cancel: threading.Event) -> TranscriptionResult:
+            on_progress = lambda done, total: emit(Progress(done, total))  # noqa: E731
+            return service.transcribe(replace(asked, on_delta=emit, on_progress=on_progress, cancel=cancel))
 
         return StreamingResponse(
-            _transcript_events(work, token_bytes, inflight_of(request)),
+            _transcript_events(work, logprobs, inflight_of(request)),
             media_type="text/event-stream",
             headers={**sse.STREAM_HEADERS, **headers},
         )
-    result = await run_until_disconnect(
-        request,
-        lambda cancel: service.transcribe(audio, language=language, temperature=params.temperature, cancel=cancel),
-    )
-    logprobs = None if token_bytes is None else transcript_logprobs(result, token_bytes)
-    return _rendered(result, params.response_format, "transcribe", headers, logprobs)
+    result = await run_until_disconnect(request, lambda cancel: service.transcribe(replace(asked, cancel=cancel)))
+    return _rendered(result, params.response_format, "transcribe", headers, _logprobs(result) if logprobs else None)
 
 
 @router.post(
@@ -90,24 +91,22 @@ async def create_transcription(request: Request, settings: SettingsDep, service:
     responses=AUDIO_RESPONSES,
     openapi_extra=multipart_body(TranslationCreateParams, list_fields=LIST_FIELDS),
 )
-async def create_translation(request: Request, settings: SettingsDep, service: TranscriptionServiceDep) -> Response:
+async def create_translation(
+    request: Request, settings: SettingsDep, models: ModelsDep, service: TranscriptionServiceDep
+) -> Response:
     """Translate an uploaded file into English text, with Voxtral's chat template chunk by chunk."""
     async with audio_form(request, settings) as form:
-        upload, params = parse_audio_form(form, settings, TranslationCreateParams)
+        upload, params = parse_audio_form(form, models, TranslationCreateParams)
         data = upload_bytes(upload)
     samples = await run_until_disconnect(request, lambda cancel: service.decode(data, cancel))
-    result = await run_until_disconnect(
-        request,
-        lambda cancel: service.transcribe(
-            samples,
-            language=None,
-            temperature=params.temperature,
-            instruction=TRANSLATE_INSTRUCTION,
-            cancel=cancel,
-        ),
-    )
+    asked = TranscriptionRequest(model=params.model, audio=samples, temperature=params.temperature)
+    result = await run_until_disconnect(request, lambda cancel: service.translate(replace(asked, cancel=cancel)))
     headers = {"X-Voxtral-Ignored-Fields": "prompt"} if params.prompt else {}
     return _rendered(result, params.response_format, "translate", headers)
+
+
+def _logprobs(result: TranscriptionResult) -> list[Logprob]:
+    return transcript_logprobs(result, bytes_of(result.pieces))
 
 
 def _rendered(
@@ -125,27 +124,33 @@ def _rendered(
     return Response(body, media_type=media_type, headers=headers)
 
 
+def progress_comment(done: float, total: float | None) -> str:
+    """The SSE comment line reporting progress: `: progress <done> <total>` (seconds, total `?` while
+    unknown), ended by a blank line like an event (it dispatches nothing)."""
+    return f": progress {done:.2f} {'?' if total is None else f'{total:.2f}'}\n\n"
+
+
 async def _transcript_events(
-    work: Callable[[Callable[[str], None], threading.Event], TranscriptionResult],
-    token_bytes: TokenBytes | None,
-    inflight: InFlight,
+    work: DeltaWork[TranscriptionResult], logprobs: bool, inflight: InFlight
 ) -> AsyncIterator[str]:
-    """Delta events, then the done event; with `token_bytes` (include[]=logprobs) each event carries the
-    logprobs of the tokens it is the first to show, and the done event those of every token."""
+    """Delta events (and progress comments), then the done event; with `logprobs` (include[]=logprobs) each
+    event carries the logprobs of the tokens it is the first to show, and the done event those of every
+    token."""
     sent: list[str] = []
     async for item in stream_deltas(work, inflight):
         if isinstance(item, Delta):
             sent.append(item.text)
-            logprobs = None
-            if token_bytes is not None and isinstance(item.text, TextDelta):
-                logprobs = token_logprobs(item.text.token_ids, item.text.logprobs, token_bytes)
-            yield sse.event(TranscriptionTextDeltaEvent(delta=item.text, logprobs=logprobs))
+            delta_logprobs = None
+            if logprobs and isinstance(item.text, TextDelta):
+                delta_logprobs = token_logprobs(item.text.token_ids, item.text.logprobs, bytes_of(item.text.pieces))
+            yield sse.event(TranscriptionTextDeltaEvent(delta=item.text, logprobs=delta_logprobs))
+        elif isinstance(item, Progress):
+            yield progress_comment(item.done, item.total)
         elif isinstance(item, Done):
             result: TranscriptionResult = item.result
-            done_logprobs = None if token_bytes is None else transcript_logprobs(result, token_bytes)
             done = TranscriptionTextDoneEvent(
                 text="".join(sent),
-                logprobs=done_logprobs,
+                logprobs=_logprobs(result) if logprobs else None,
                 usage=token_usage(result),
                 truncated_segments=result.truncated_segments or None,  # headers went out before the cap was hit
             )

@@ -13,11 +13,12 @@ from fastapi.responses import StreamingResponse
 
 from ..config import Settings
 from ..errors import InvalidRequestError, ModelUnavailableError, quote
+from ..models.registry import ModelRegistry, locate
 from ..models.store import Download, PullProgress
 from ..protocol import ModelPullRequest, ModelPullStatus
 from . import sse
-from .deps import DownloaderDep, EngineDep, SettingsDep
-from .forms import check_model
+from .deps import DownloaderDep, ModelsDep, SettingsDep
+from .forms import served_model
 from .json_body import openapi_body, read_json
 from .openapi import COMMON_ERRORS, error_responses
 
@@ -38,15 +39,19 @@ router = APIRouter()
     openapi_extra=openapi_body(ModelPullRequest, required=False),
 )
 async def pull_model(
-    request: Request, settings: SettingsDep, engine: EngineDep, downloader: DownloaderDep
+    request: Request, settings: SettingsDep, models: ModelsDep, downloader: DownloaderDep
 ) -> ModelPullStatus | StreamingResponse:
     """Download the served model (a hub id) unless it is complete; a pull that arrives while one runs joins
     it. With `stream` (the default) the progress comes as server-sent events, else the outcome when done.
     The optional JSON body (a `ModelPullRequest`) is parsed in a worker thread, as chat bodies are."""
     params = await read_json(request, ModelPullRequest, default=ModelPullRequest())
-    name = _named_model(params, settings)
+    name = _named_model(params, settings, models)
     if settings.model_is_local:
-        return _local_status(settings, name, present=engine.is_downloaded())
+        try:
+            present = locate(models.catalog.default) is not None
+        except ModelUnavailableError:
+            present = False
+        return _local_status(settings, name, present=present)
     download = downloader.start()
     if params.stream:
         return StreamingResponse(_events(download, name), media_type="text/event-stream", headers=sse.STREAM_HEADERS)
@@ -85,7 +90,7 @@ async def _events(download: Download, name: str) -> AsyncIterator[str]:
     yield sse.DONE
 
 
-def _named_model(params: ModelPullRequest, settings: Settings) -> str:
+def _named_model(params: ModelPullRequest, settings: Settings, models: ModelRegistry) -> str:
     """The model the request names (default: the served one); 404 for one this server does not serve."""
     if params.model_name and params.model and params.model_name != params.model:
         raise InvalidRequestError(
@@ -93,7 +98,7 @@ def _named_model(params: ModelPullRequest, settings: Settings) -> str:
             param="model",
         )
     name = params.model_name or params.model or settings.model_name
-    check_model(name, settings)
+    served_model(models, name)
     return name
 
 

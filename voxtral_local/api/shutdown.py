@@ -25,8 +25,8 @@ from typing import Any
 import uvicorn
 from fastapi import FastAPI
 
-from ..backends.transformers import TransformersBackend
 from ..config import Settings
+from ..models.registry import ModelRegistry
 from .workers import InFlight
 
 logger = logging.getLogger(__name__)
@@ -99,16 +99,18 @@ def serve(app: FastAPI, settings: Settings, **options: Any) -> None:
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
-        stop_engine(app)
+        stop_backends(app)
 
 
-def stop_engine(app: FastAPI) -> None:
-    """Stop whatever model work is left (after a forced exit) and the decoder thread. A daemon thread still
-    inside torch when the interpreter finalizes aborts the process ("terminate called without an active
-    exception"), so if the decoder does not end within `GRACE_SECONDS` the process exits at once, status 0."""
+def stop_backends(app: FastAPI) -> None:
+    """Stop whatever model work is left (after a forced exit) and every loaded backend's decoding. A daemon
+    thread still inside torch when the interpreter finalizes aborts the process ("terminate called without an
+    active exception"), so if a backend does not stop within `GRACE_SECONDS` the process exits at once,
+    status 0."""
     app.state.inflight.stop_all()
-    engine: TransformersBackend | None = getattr(app.state, "engine", None)
-    if engine is not None and not engine.close(timeout=GRACE_SECONDS):
-        logger.warning("the engine did not stop within %g s; exiting without waiting for it", GRACE_SECONDS)
-        logging.shutdown()
-        os._exit(0)
+    models: ModelRegistry | None = getattr(app.state, "models", None)
+    for slot, backend in [] if models is None else models.loaded():
+        if not backend.close(timeout=GRACE_SECONDS):
+            logger.warning("%s did not stop within %g s; exiting without waiting for it", slot.model.id, GRACE_SECONDS)
+            logging.shutdown()
+            os._exit(0)

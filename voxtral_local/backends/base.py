@@ -4,7 +4,8 @@ The transformers backend (`backends.transformers.TransformersBackend`, Voxtral i
 implementation; a vLLM backend (a client of one or more vLLM servers) and the realtime model are the next. So
 the interface speaks of rows (one prompt each: a chunk of audio, or a chat conversation) and of what each row
 generated, not of KV caches or schedulers. A backend that gives text rather than token ids returns
-`ChunkOutput`s with empty `token_ids` and streams through `on_text` instead of `on_token`.
+`ChunkOutput`s with empty `token_ids`, `decode` of its own pseudo-ids, or streams no tokens at all (the services
+then send each row's text when it finishes).
 
 Nothing here imports FastAPI, the services or the model store: a backend is handed a checkpoint directory
 (`models.store` resolves hub ids to one) and gives tokens; the services own text.
@@ -26,8 +27,14 @@ Alternatives = tuple[tuple[int, float], ...]
 TokenCallback = Callable[[int, int, float, Alternatives], None]
 # Told the token caps of a job's rows before they decode (the first ones, then each part added).
 RowsCallback = Callable[[Sequence[int]], None]
-# A chat conversation in transformers' `apply_chat_template` shape (audio parts hold float32 16 kHz samples).
+# A chat conversation in transformers' `apply_chat_template` shape; audio parts are `audio_part(samples)`.
 Conversation = list[dict[str, Any]]
+
+
+def audio_part(samples: np.ndarray) -> dict[str, Any]:
+    """A conversation's content part holding audio: float32 mono 16 kHz samples, shape (n,). Each backend
+    turns it into what its model takes (the transformers backend: a base64 WAV part)."""
+    return {"type": "audio", "samples": np.asarray(samples, dtype=np.float32)}
 
 
 @dataclass(frozen=True)
@@ -101,6 +108,11 @@ class ModelBackend(Protocol):
         """Free the model's memory; the next request loads it again. The caller makes sure no work runs."""
         ...
 
+    def close(self, timeout: float) -> bool:
+        """Stop for good (at process exit): work still queued is abandoned. Whether it stopped within
+        `timeout` seconds."""
+        ...
+
     def status(self) -> BackendStatus: ...
 
     @property
@@ -153,5 +165,11 @@ class ModelBackend(Protocol):
         ...
 
     def prompt_tokens(self, conversation: Conversation) -> int:
-        """Tokens the conversation's prompt takes (for the context-window check)."""
+        """Tokens the conversation's prompt takes (for the context-window check); InvalidRequestError for a
+        conversation the model refuses."""
+        ...
+
+    @property
+    def context_tokens(self) -> int:
+        """The context window: prompt plus reply tokens of one row."""
         ...

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
 from ..languages import language_name
@@ -18,10 +18,10 @@ from ..protocol import (
     UsageInputTokenDetails,
     UsageTokens,
 )
+from ..services.streaming import TokenBytes
 from ..services.transcription import Segment, TranscriptionResult
 
 Task = Literal["transcribe", "translate"]
-TokenBytes = Callable[[Sequence[int]], list[bytes]]  # each token's bytes (the engine's `token_bytes`)
 
 MEDIA_TYPES: dict[str, str] = {
     "json": "application/json",
@@ -64,6 +64,15 @@ def _json(result: TranscriptionResult, logprobs: list[Logprob] | None) -> dict[s
         truncated_segments=result.truncated_segments or None,
     )
     return body.model_dump(exclude_none=True)
+
+
+def bytes_of(pieces: Mapping[int, bytes]) -> TokenBytes:
+    """A `TokenBytes` reading token bytes from `pieces` (a result's or a delta's); KeyError for one not there."""
+
+    def token_bytes(token_ids: Sequence[int]) -> list[bytes]:
+        return [pieces[token] for token in token_ids]
+
+    return token_bytes
 
 
 def token_logprobs(token_ids: Sequence[int], logprobs: Sequence[float], token_bytes: TokenBytes) -> list[Logprob]:

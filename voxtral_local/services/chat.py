@@ -5,28 +5,23 @@ from __future__ import annotations
 import base64
 import binascii
 import threading
-from collections.abc import Callable, Sequence
+import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import numpy as np
 
-from ..audio.decode import decode_audio
-from ..backends.base import Alternatives, Sampling
-from ..backends.transformers import TransformersBackend
-from ..backends.transformers.prompts import Conversation, audio_part
+from ..audio.decode import SAMPLE_RATE, decode_audio
+from ..backends.base import Alternatives, Conversation, ModelBackend, Sampling, audio_part
 from ..config import Settings
 from ..errors import AudioTooLongError, InvalidRequestError
 from ..languages import language_name, normalize_language
-from ..protocol import (
-    ChatCompletionContentPartText,
-    ChatCompletionCreateParams,
-    ChatCompletionMessageParam,
-    ChatCompletionTokenLogprob,
-    TopLogprob,
-)
-from ..responses.transcription import TokenBytes
-from .transcription import TranscriptionService
+from ..models.registry import ModelRegistry
+from ..protocol import ChatCompletionContentPartText, ChatCompletionCreateParams, ChatCompletionMessageParam
+from .request_log import log_request
+from .streaming import OrderedText, token_pieces
+from .transcription import TranscriptionRequest, TranscriptionService
 
 # Voxtral understands up to about 40 minutes of audio in one prompt (32k-token context).
 MAX_CHAT_AUDIO_SECONDS = 40 * 60
@@ -47,6 +42,7 @@ class ChatResult:
     token_ids: list[int] = field(default_factory=list)
     logprobs: list[float] = field(default_factory=list)
     top: list[Alternatives] = field(default_factory=list)
+    pieces: Mapping[int, bytes] = field(default_factory=dict)  # bytes of the tokens and alternatives (logprobs)
 
 
 @dataclass(frozen=True)
@@ -58,6 +54,7 @@ class PreparedChat:
     recording: np.ndarray | None = None  # the `audio` extension path
     instruction: str = DEFAULT_INSTRUCTION
     language: str | None = None
+    audio_seconds: float = 0.0  # in the messages or the recording
 
 
 def decode_base64_audio(
@@ -79,16 +76,18 @@ def decode_base64_audio(
 
 
 class ChatService:
-    """Answers chat completions with the shared engine."""
+    """Answers chat completions with the request's model (from the registry)."""
 
-    def __init__(self, settings: Settings, engine: TransformersBackend, transcription: TranscriptionService) -> None:
+    def __init__(self, settings: Settings, models: ModelRegistry, transcription: TranscriptionService) -> None:
         self.settings = settings
-        self.engine = engine
+        self.models = models
         self.transcription = transcription
 
     def prepare(self, params: ChatCompletionCreateParams, cancel: threading.Event | None = None) -> PreparedChat:
-        """Validate and decode (blocking). Raises InvalidRequestError for anything the model cannot take, and
-        GenerationCancelledError once `cancel` is set while audio is being decoded."""
+        """Validate, decode and load the model (blocking), so that a stream starts only once nothing but
+        generation can fail. Raises InvalidRequestError for anything the model cannot take,
+        GenerationCancelledError once `cancel` is set while audio is being decoded, and the registry's errors
+        (ModelNotFoundError, ModelNotDownloadedError, ModelUnavailableError) for the model."""
         if params.top_logprobs and not params.logprobs:
             raise InvalidRequestError("'top_logprobs' needs 'logprobs': true.", param="top_logprobs")
         if params.logprobs and params.audio is not None:
@@ -98,11 +97,16 @@ class ChatService:
                 param="logprobs",
             )
         if params.audio is not None:
-            return self._prepare_recording(params, cancel)
-        language = normalize_language(params.language)
-        if language is not None:
-            raise InvalidRequestError("'language' applies only together with 'audio'.", param="language")
-        return PreparedChat(params=params, conversation=self._conversation(params.messages, cancel))
+            prepared = self._prepare_recording(params, cancel)
+        else:
+            language = normalize_language(params.language)
+            if language is not None:
+                raise InvalidRequestError("'language' applies only together with 'audio'.", param="language")
+            conversation, seconds = self._conversation(params.messages, cancel)
+            prepared = PreparedChat(params=params, conversation=conversation, audio_seconds=seconds)
+        with self.models.use(params.model):
+            pass
+        return prepared
 
     def run(
         self,
@@ -111,43 +115,86 @@ class ChatService:
         on_delta: Callable[[str], None] | None = None,
         cancel: threading.Event | None = None,
     ) -> ChatResult:
-        """Generate the reply (blocking); `on_delta` receives text as it is produced."""
+        """Generate the reply (blocking), logged as one line; `on_delta` receives text as it is produced.
+        InvalidRequestError (`context_length_exceeded`) when the prompt and `max_tokens` do not fit the
+        model's context."""
+        started = time.monotonic()
         params = prepared.params
         max_new = params.max_completion_tokens or params.max_tokens
+        chunks = 1
         if prepared.recording is not None:
-            result = self.transcription.transcribe(
-                prepared.recording,
+            request = TranscriptionRequest(
+                model=params.model,
+                audio=prepared.recording,
                 language=prepared.language,
                 temperature=params.temperature or 0.0,
                 seed=params.seed,
-                instruction=prepared.instruction,
                 max_tokens_per_chunk=max_new,
                 on_delta=on_delta,
                 cancel=cancel,
             )
-            return ChatResult(
-                text=result.text,
-                finish_reason="length" if result.truncated_segments else "stop",
-                prompt_tokens=result.prompt_tokens,
-                completion_tokens=result.completion_tokens,
+            transcript = self.transcription.transcribe_with_instruction(request, prepared.instruction)
+            chunks = len(transcript.segments)
+            result = ChatResult(
+                text=transcript.text,
+                finish_reason="length" if transcript.truncated_segments else "stop",
+                prompt_tokens=transcript.prompt_tokens,
+                completion_tokens=transcript.completion_tokens,
             )
-        assert prepared.conversation is not None
-        stop = (params.stop,) if isinstance(params.stop, str) else tuple(params.stop or ())
-        temperature = DEFAULT_CHAT_TEMPERATURE if params.temperature is None else params.temperature
-        top_p = (
-            params.top_p if params.top_p is not None else (DEFAULT_CHAT_TOP_P if params.temperature is None else 1.0)
+        else:
+            with self.models.use(params.model) as backend:
+                result = self._reply(backend, prepared, max_new, on_delta, cancel)
+        log_request(
+            "chat",
+            self.models.resolve(params.model).id,
+            audio_seconds=prepared.audio_seconds,
+            chunks=chunks,
+            prompt_tokens=result.prompt_tokens,
+            completion_tokens=result.completion_tokens,
+            wall_seconds=time.monotonic() - started,
         )
-        top_logprobs = (params.top_logprobs or 0) if params.logprobs else 0
-        sampling = Sampling(
-            temperature=temperature, top_p=top_p, seed=params.seed, stop=stop, top_logprobs=top_logprobs
-        )
-        out = self.engine.chat_one(
-            prepared.conversation,
-            max_new_tokens=max_new,
+        return result
+
+    def _reply(
+        self,
+        backend: ModelBackend,
+        prepared: PreparedChat,
+        max_new: int | None,
+        on_delta: Callable[[str], None] | None,
+        cancel: threading.Event | None,
+    ) -> ChatResult:
+        """One reply to the conversation; the prompt and the reply must fit the context window."""
+        params, conversation = prepared.params, prepared.conversation
+        assert conversation is not None
+        prompt_tokens = backend.prompt_tokens(conversation)
+        context = backend.context_tokens
+        room = context - prompt_tokens
+        if room <= 0 or (max_new is not None and max_new > room):
+            raise InvalidRequestError(
+                f"This model's context is {context} tokens; the messages take {prompt_tokens} "
+                f"(375 per 30 s of audio) and max_tokens asks for {max_new or 'at least 1'} more.",
+                param="messages",
+                code="context_length_exceeded",
+            )
+        sampling = _sampling(params)
+        text = None
+        if on_delta is not None:
+            token_bytes = backend.token_bytes if sampling.top_logprobs or params.logprobs else None
+            text = OrderedText(
+                backend.decode, eos_token_id=backend.eos_token_id, caps=(), stop=sampling.stop, token_bytes=token_bytes
+            )
+        (out,) = backend.chat(
+            [conversation],
+            caps=[max_new or room],
             sampling=sampling,
-            on_delta=on_delta,
+            on_token=None if text is None or on_delta is None else text.forward_to(on_delta),
+            on_rows=None if text is None else text.add_rows,
             cancel=cancel,
         )
+        if text is not None and on_delta is not None:
+            for delta in text.finish([out.text]):
+                on_delta(delta)
+        pieces = token_pieces(backend.token_bytes, out.token_ids, out.top) if params.logprobs else {}
         return ChatResult(
             text=out.text,
             finish_reason="length" if out.hit_cap else "stop",
@@ -156,6 +203,7 @@ class ChatService:
             token_ids=out.token_ids,
             logprobs=out.logprobs,
             top=out.top,
+            pieces=pieces,
         )
 
     def _prepare_recording(self, params: ChatCompletionCreateParams, cancel: threading.Event | None) -> PreparedChat:
@@ -175,12 +223,18 @@ class ChatService:
         instruction = "\n\n".join(t for t in texts if t.strip()) or DEFAULT_INSTRUCTION
         if language is not None:
             instruction += f"\n\nThe audio is in {language_name(language).title()}."
-        self.engine.load()
-        return PreparedChat(params=params, recording=recording, instruction=instruction, language=language)
+        return PreparedChat(
+            params=params,
+            recording=recording,
+            instruction=instruction,
+            language=language,
+            audio_seconds=recording.shape[0] / SAMPLE_RATE,
+        )
 
     def _conversation(
         self, messages: list[ChatCompletionMessageParam], cancel: threading.Event | None = None
-    ) -> Conversation:
+    ) -> tuple[Conversation, float]:
+        """The Voxtral conversation of these messages, and the seconds of audio in it."""
         budget = min(MAX_CHAT_AUDIO_SECONDS, self.settings.max_audio_seconds)
         conversation: Conversation = []
         system: list[str] = []
@@ -222,13 +276,12 @@ class ChatService:
                         param="messages",
                         code="audio_too_long",
                     ) from exc
-                total_audio += samples.shape[0] / 16_000
+                total_audio += samples.shape[0] / SAMPLE_RATE
                 parts.append(audio_part(samples))
             conversation.append({"role": "user", "content": parts})
         if total_audio and system:
             conversation = _fold_system_into_first_user(conversation)
-        self.engine.load()
-        return conversation
+        return conversation, total_audio
 
 
 def _audio_parts(message: ChatCompletionMessageParam) -> bool:
@@ -255,26 +308,10 @@ def _fold_system_into_first_user(conversation: Conversation) -> Conversation:
     return rest
 
 
-def logprob_content(
-    token_ids: Sequence[int],
-    logprobs: Sequence[float],
-    top: Sequence[Alternatives],
-    token_bytes: TokenBytes,
-) -> list[ChatCompletionTokenLogprob]:
-    """OpenAI's `logprobs.content` for these tokens: each one's text, bytes and logprob, and the step's most
-    likely tokens (none where `top_logprobs` was not asked for)."""
-    everything = [*token_ids, *(alt for step in top for alt, _ in step)]
-    pieces = dict(zip(everything, token_bytes(everything), strict=True))
-
-    def text(token: int) -> str:
-        return pieces[token].decode("utf-8", errors="replace")
-
-    return [
-        ChatCompletionTokenLogprob(
-            token=text(token),
-            bytes=list(pieces[token]),
-            logprob=logprob,
-            top_logprobs=[TopLogprob(token=text(alt), bytes=list(pieces[alt]), logprob=value) for alt, value in step],
-        )
-        for token, logprob, step in zip(token_ids, logprobs, top, strict=True)
-    ]
+def _sampling(params: ChatCompletionCreateParams) -> Sampling:
+    """The request's sampling: Mistral's recommended temperature and top_p where it names neither."""
+    stop = (params.stop,) if isinstance(params.stop, str) else tuple(params.stop or ())
+    temperature = DEFAULT_CHAT_TEMPERATURE if params.temperature is None else params.temperature
+    top_p = params.top_p if params.top_p is not None else (DEFAULT_CHAT_TOP_P if params.temperature is None else 1.0)
+    top_logprobs = (params.top_logprobs or 0) if params.logprobs else 0
+    return Sampling(temperature=temperature, top_p=top_p, seed=params.seed, stop=stop, top_logprobs=top_logprobs)

@@ -5,30 +5,31 @@ before it has finished and been sent, then flushed and streamed live in turn. Th
 exactly the final transcript: chunk texts stripped and joined as `joining.join_texts` joins them (a space,
 or none between scripts written without spaces). Rows may be added while
 the first ones stream (`add_rows`: the rest of a long upload, decoded meanwhile). Each delta also carries the
-tokens (and their logprobs) whose text it is the first to show.
+tokens (and their logprobs) whose text it is the first to show, and, when the service asks for them, the bytes
+of those tokens and of their alternatives (so that logprobs can be answered after the model is let go).
 """
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Mapping, Sequence
 
+from ..backends.base import Alternatives
 from .joining import separator
 
-if TYPE_CHECKING:  # the engine imports this module
-    from ..backends.base import Alternatives
+TokenBytes = Callable[[Sequence[int]], list[bytes]]  # each token's bytes (a backend's `token_bytes`)
 
 REPLACEMENT = "\ufffd"  # an incomplete UTF-8 sequence at the end of the decoded bytes so far
 
 
 class TextDelta(str):
-    """A piece of streamed text (a `str`), with the tokens first shown in it, their logprobs and (when asked
-    for) each step's most likely tokens."""
+    """A piece of streamed text (a `str`), with the tokens first shown in it, their logprobs, (when asked
+    for) each step's most likely tokens, and (when asked for) the bytes of all those tokens by id."""
 
     token_ids: tuple[int, ...]
     logprobs: tuple[float, ...]
     top: tuple[Alternatives, ...]
+    pieces: Mapping[int, bytes]
 
     def __new__(
         cls,
@@ -36,9 +37,11 @@ class TextDelta(str):
         token_ids: Sequence[int] = (),
         logprobs: Sequence[float] = (),
         top: Sequence[Alternatives] = (),
+        pieces: Mapping[int, bytes] | None = None,
     ) -> TextDelta:
         delta = super().__new__(cls, text)
         delta.token_ids, delta.logprobs, delta.top = tuple(token_ids), tuple(logprobs), tuple(top)
+        delta.pieces = pieces or {}
         return delta
 
 
@@ -96,8 +99,11 @@ class OrderedText:
         caps: Sequence[int],
         stop: Sequence[str] = (),
         language: str | None = None,
+        token_bytes: TokenBytes | None = None,
     ) -> None:
+        """`token_bytes`, when given, fills each delta's `pieces`."""
         self.decode = decode
+        self.token_bytes = token_bytes
         self.stop = tuple(stop)
         self.language = language  # of the transcript (ISO 639-1), for the separator between rows
         self.rows: list[RowText] = []
@@ -180,6 +186,14 @@ class OrderedText:
         starts_row = fresh or len(row.sent) == len(text)
         if starts_row and self.emitted:
             text = separator(self.emitted[-1][-1], text[0], self.language) + text
-        delta = TextDelta(text, *row.unreported())
+        token_ids, logprobs, top = row.unreported()
+        pieces = None if self.token_bytes is None else token_pieces(self.token_bytes, token_ids, top)
+        delta = TextDelta(text, token_ids, logprobs, top, pieces)
         self.emitted.append(delta)
         out.append(delta)
+
+
+def token_pieces(token_bytes: TokenBytes, token_ids: Sequence[int], top: Sequence[Alternatives]) -> dict[int, bytes]:
+    """The bytes of these tokens and of their steps' alternatives, by token id."""
+    everything = list(dict.fromkeys([*token_ids, *(alt for step in top for alt, _ in step)]))
+    return dict(zip(everything, token_bytes(everything), strict=True))

@@ -1,23 +1,32 @@
-"""Transcription of a whole upload: decode, cut into chunks, decode the chunks as a batch, join."""
+"""Transcription of a whole upload: decode, cut into chunks, transcribe the chunks as a batch, join.
+
+The service owns text: it hands the backend (taken from the model registry for the request's model, held
+while it works) its token and row callbacks, which `OrderedText` turns into streamed text and
+`ChunkProgress` into progress, and joins the chunks' texts into the transcript.
+"""
 
 from __future__ import annotations
 
 import threading
+import time
 import zlib
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
 
 import numpy as np
 
 from ..audio.chunking import AudioChunk, split_audio
 from ..audio.decode import decode_audio, decode_head, duration_seconds
-from ..backends.base import RowsCallback, Sampling, TokenCallback
-from ..backends.transformers import ChunkOutput, TransformersBackend
-from ..backends.transformers.prompts import audio_part
+from ..backends.base import ChunkOutput, ModelBackend, Sampling, audio_part
 from ..config import Settings
+from ..models.registry import ModelRegistry
 from .joining import join_texts
+from .progress import ChunkProgress, ProgressCallback, fan_out, fan_out_rows
+from .request_log import log_request
+from .streaming import OrderedText, token_pieces
 
 DeltaCallback = Callable[[str], None]
+TRANSLATE_INSTRUCTION = "Translate this audio into English. Reply with the English translation only."
 
 
 @dataclass(frozen=True)
@@ -48,6 +57,7 @@ class TranscriptionResult:
     prompt_tokens: int
     audio_tokens: int
     completion_tokens: int
+    pieces: Mapping[int, bytes] = field(default_factory=dict)  # each token's bytes, when logprobs were asked
 
     @property
     def truncated_segments(self) -> list[int]:
@@ -63,6 +73,67 @@ class PartialUpload:
     head: np.ndarray
 
 
+@dataclass(frozen=True, eq=False)
+class TranscriptionRequest:
+    """One transcription (or translation) to run.
+
+    `model`: a served model's id or alias. `audio`: upload bytes, decoded samples (float32 mono 16 kHz,
+    shape (n,)), or an upload whose head alone is decoded (`decode_start`). `language`: ISO 639-1 or None to
+    detect. `max_tokens_per_chunk`: a cap below each chunk's own. `logprobs`: put the tokens' bytes into the
+    result and the deltas (`pieces`). `on_delta`: the text as it is produced (`TextDelta`s). `on_progress`:
+    seconds of audio done and in all (None until the whole upload is decoded), as chunks finish. `cancel`:
+    set it to stop (GenerationCancelledError)."""
+
+    model: str
+    audio: bytes | np.ndarray | PartialUpload
+    language: str | None = None
+    temperature: float = 0.0
+    seed: int | None = None
+    max_tokens_per_chunk: int | None = None
+    logprobs: bool = False
+    on_delta: DeltaCallback | None = None
+    on_progress: ProgressCallback | None = None
+    cancel: threading.Event | None = None
+
+
+class ChunkedAudio:
+    """An upload cut into chunks: all at once for decoded samples; for a `PartialUpload`, the head's chunks
+    but its last (which may go on) first, and the others once `rest` has decoded the whole upload."""
+
+    def __init__(self, audio: np.ndarray | PartialUpload, chunk_seconds: float, decode: Callable[[bytes], np.ndarray]):
+        self.chunk_seconds = chunk_seconds
+        self._decode = decode
+        self.samples: np.ndarray | None = None  # the whole upload's, once decoded
+        self._pending: bytes | None = None
+        if isinstance(audio, PartialUpload):
+            self.chunks = split_audio(audio.head, max_chunk_s=chunk_seconds)[:-1]
+            self._pending = audio.data
+        else:
+            self.samples = audio
+            self.chunks = split_audio(audio, max_chunk_s=chunk_seconds)
+
+    @property
+    def duration(self) -> float | None:
+        """Seconds of the whole upload; None until it is decoded."""
+        return None if self.samples is None else duration_seconds(self.samples)
+
+    def rest(self) -> Iterator[list[np.ndarray]] | None:
+        """The chunks after the head's, as one part once the whole upload is decoded (they are added to
+        `chunks` first); None when every chunk is known already."""
+        return None if self._pending is None else self._decode_rest(self._pending)
+
+    def _decode_rest(self, data: bytes) -> Iterator[list[np.ndarray]]:
+        samples = self._decode(data)
+        self.samples = samples
+        last = self.chunks[-1]
+        end = last.start + last.samples.shape[0]
+        if samples.shape[0] > end:
+            rest = split_audio(samples[end:], max_chunk_s=self.chunk_seconds)
+            part = [AudioChunk(c.samples, c.start + end) for c in rest]
+            self.chunks.extend(part)
+            yield [c.samples for c in part]
+
+
 def compression_ratio(text: str) -> float:
     """Whisper's repetition signal: text bytes over zlib-compressed bytes."""
     data = text.encode("utf-8")
@@ -70,16 +141,19 @@ def compression_ratio(text: str) -> float:
 
 
 class TranscriptionService:
-    """Turns uploaded audio into a `TranscriptionResult` with the shared engine.
+    """Turns audio into a `TranscriptionResult` with the request's model (from the registry).
 
-    Without an instruction each chunk gets Voxtral's official transcription prompt. With one (lotti's
-    `audio` extension, translations), each chunk gets a chat prompt: the chunk's audio, then the
-    instruction. Either way all chunks of the request are decoded together.
+    `transcribe` gives each chunk Voxtral's official transcription prompt. `translate` and
+    `transcribe_with_instruction` (lotti's `audio` extension) give each chunk a chat prompt: the chunk's
+    audio, then the instruction. Either way all chunks of the request are decoded together. Every method is
+    blocking (run it in a worker thread) and raises ModelNotFoundError, ModelNotDownloadedError or
+    ModelUnavailableError for the model, InvalidRequestError/AudioTooLongError for the audio, and
+    GenerationCancelledError once `cancel` is set.
     """
 
-    def __init__(self, settings: Settings, engine: TransformersBackend) -> None:
+    def __init__(self, settings: Settings, models: ModelRegistry) -> None:
         self.settings = settings
-        self.engine = engine
+        self.models = models
 
     def decode(self, data: bytes, cancel: threading.Event | None = None) -> np.ndarray:
         """Upload bytes to mono 16 kHz samples, within the duration limit; stops (GenerationCancelledError)
@@ -100,99 +174,120 @@ class TranscriptionService:
         )
         return head if complete else PartialUpload(data, head)
 
-    def transcribe(
-        self,
-        data: bytes | np.ndarray | PartialUpload,
-        *,
-        language: str | None,
-        temperature: float = 0.0,
-        seed: int | None = None,
-        instruction: str | None = None,
-        max_tokens_per_chunk: int | None = None,
-        on_delta: DeltaCallback | None = None,
-        cancel: threading.Event | None = None,
-    ) -> TranscriptionResult:
-        """Blocking; run it in a worker thread. `on_delta` receives the text as it is produced."""
-        if isinstance(data, bytes) or (isinstance(data, PartialUpload) and instruction is not None):
-            data = self.decode(data if isinstance(data, bytes) else data.data, cancel)
-        whole: list[np.ndarray] = []  # the upload's samples, once all decoded
-        more: Iterator[list[AudioChunk]] | None = None
-        if isinstance(data, PartialUpload):
-            chunks = split_audio(data.head, max_chunk_s=self.settings.chunk_seconds)[:-1]  # the last may go on
-            more = self._rest(data.data, chunks[-1], whole, cancel)
-        else:
-            whole.append(data)
-            chunks = split_audio(data, max_chunk_s=self.settings.chunk_seconds)
-        self.engine.load()
-        sampling = Sampling(temperature=temperature, seed=seed)
-        outputs = self.engine.stream_text(
-            on_delta,
-            lambda on_token, on_rows: self._generate(
-                chunks, more, max_tokens_per_chunk, language, sampling, instruction, on_token, on_rows, cancel
-            ),
-            language=language,
-        )
-        return self._result(whole[0], chunks, outputs, language, temperature)
+    def prepare(self, model: str) -> None:
+        """Load `model` unless it is loaded (before a stream starts, so that a failure is an error status)."""
+        with self.models.use(model):
+            pass
 
-    def _rest(
-        self, data: bytes, last: AudioChunk, whole: list[np.ndarray], cancel: threading.Event | None
-    ) -> Iterator[list[AudioChunk]]:
-        """Decode the whole upload and yield the chunks after `last` (offsets in the whole); `whole` gets the
-        samples. The decoding stops when the request is cancelled (the client went away)."""
-        samples = self.decode(data, cancel)
-        whole.append(samples)
-        end = last.start + last.samples.shape[0]
-        if samples.shape[0] > end:
-            rest = split_audio(samples[end:], max_chunk_s=self.settings.chunk_seconds)
-            yield [AudioChunk(c.samples, c.start + end) for c in rest]
+    def transcribe(self, request: TranscriptionRequest) -> TranscriptionResult:
+        """The transcript, with the official transcription prompt per chunk; logged as one line."""
+        return self._logged("transcription", request, None)
+
+    def translate(self, request: TranscriptionRequest) -> TranscriptionResult:
+        """The English translation (`request.language` is not used); logged as one line."""
+        return self._logged("translation", request, TRANSLATE_INSTRUCTION)
+
+    def transcribe_with_instruction(self, request: TranscriptionRequest, instruction: str) -> TranscriptionResult:
+        """Each chunk answered with a chat prompt: its audio, then `instruction` (the caller logs it)."""
+        return self._run(request, instruction)
+
+    def _logged(self, kind: str, request: TranscriptionRequest, instruction: str | None) -> TranscriptionResult:
+        started = time.monotonic()
+        result = self._run(request, instruction)
+        log_request(
+            kind,
+            self.models.resolve(request.model).id,
+            audio_seconds=result.duration,
+            chunks=len(result.segments),
+            prompt_tokens=result.prompt_tokens,
+            completion_tokens=result.completion_tokens,
+            wall_seconds=time.monotonic() - started,
+        )
+        return result
+
+    def _run(self, request: TranscriptionRequest, instruction: str | None) -> TranscriptionResult:
+        audio, cancel = request.audio, request.cancel
+        if isinstance(audio, bytes) or (isinstance(audio, PartialUpload) and instruction is not None):
+            audio = self.decode(audio if isinstance(audio, bytes) else audio.data, cancel)
+        upload = ChunkedAudio(audio, self.settings.chunk_seconds, lambda data: self.decode(data, cancel))
+        language = None if instruction == TRANSLATE_INSTRUCTION else request.language
+        with self.models.use(request.model) as backend:
+            text = None
+            if request.on_delta is not None:
+                token_bytes = backend.token_bytes if request.logprobs else None
+                text = OrderedText(
+                    backend.decode,
+                    eos_token_id=backend.eos_token_id,
+                    caps=(),
+                    language=language,
+                    token_bytes=token_bytes,
+                )
+            progress = None
+            if request.on_progress is not None:
+                progress = ChunkProgress(
+                    request.on_progress,
+                    eos_token_id=backend.eos_token_id,
+                    duration=lambda i: upload.chunks[i].duration_s,
+                    total=lambda: upload.duration,
+                )
+            outputs = self._generate(backend, upload, request, language, instruction, text, progress)
+            if text is not None and request.on_delta is not None:
+                for delta in text.finish([out.text for out in outputs]):
+                    request.on_delta(delta)
+            if progress is not None:
+                progress.finish()
+            pieces = {}
+            if request.logprobs:
+                ids = [token for out in outputs for token in out.token_ids]
+                pieces = token_pieces(backend.token_bytes, ids, ())
+        assert upload.samples is not None  # decoded whole, or the job would have failed
+        return self._result(upload, outputs, language, request.temperature, pieces)
 
     def _generate(
         self,
-        chunks: list[AudioChunk],
-        more: Iterator[list[AudioChunk]] | None,
-        max_tokens_per_chunk: int | None,
+        backend: ModelBackend,
+        upload: ChunkedAudio,
+        request: TranscriptionRequest,
         language: str | None,
-        sampling: Sampling,
         instruction: str | None,
-        on_token: TokenCallback | None,
-        on_rows: RowsCallback | None,
-        cancel: threading.Event | None,
+        text: OrderedText | None,
+        progress: ChunkProgress | None,
     ) -> list[ChunkOutput]:
-        """Generate every chunk's text; the chunks `more` yields are appended to `chunks` as they come."""
+        """Every chunk's output; the chunks `upload.rest()` yields join the job as they come."""
+        sampling = Sampling(temperature=request.temperature, seed=request.seed)
+        on_token = fan_out(
+            None if text is None or request.on_delta is None else text.forward_to(request.on_delta),
+            None if progress is None else progress.on_token,
+        )
+        on_rows = fan_out_rows(None if text is None else text.add_rows, None if progress is None else progress.add_rows)
+        chunks = upload.chunks
         if instruction is None:
-            return self.engine.transcribe(
+            return backend.transcribe(
                 [c.samples for c in chunks],
                 language=language,
                 sampling=sampling,
-                max_tokens=max_tokens_per_chunk,
+                max_tokens=request.max_tokens_per_chunk,
                 on_token=on_token,
-                cancel=cancel,
-                more=None if more is None else self._samples_of(more, chunks),
                 on_rows=on_rows,
+                cancel=request.cancel,
+                more=upload.rest(),
             )
-        assert more is None, "a chat prompt per chunk starts once the whole upload is decoded"
-        caps = [self.engine.token_cap(c.duration_s, max_tokens_per_chunk) for c in chunks]
+        caps = [backend.token_cap(c.duration_s, request.max_tokens_per_chunk) for c in chunks]
         conversations = [
             [{"role": "user", "content": [audio_part(c.samples), {"type": "text", "text": instruction}]}]
             for c in chunks
         ]
-        return self.engine.chat(
-            conversations, caps=caps, sampling=sampling, on_token=on_token, cancel=cancel, on_rows=on_rows
+        return backend.chat(
+            conversations, caps=caps, sampling=sampling, on_token=on_token, on_rows=on_rows, cancel=request.cancel
         )
 
     @staticmethod
-    def _samples_of(more: Iterator[list[AudioChunk]], chunks: list[AudioChunk]) -> Iterator[Sequence[np.ndarray]]:
-        for part in more:
-            chunks.extend(part)
-            yield [c.samples for c in part]
-
-    @staticmethod
     def _result(
-        samples: np.ndarray,
-        chunks: list[AudioChunk],
+        upload: ChunkedAudio,
         outputs: list[ChunkOutput],
         language: str | None,
         temperature: float,
+        pieces: Mapping[int, bytes],
     ) -> TranscriptionResult:
         segments = [
             Segment(
@@ -207,15 +302,16 @@ class TranscriptionService:
                 no_speech_prob=out.no_speech_prob,
                 truncated=out.hit_cap,
             )
-            for i, (chunk, out) in enumerate(zip(chunks, outputs, strict=True))
+            for i, (chunk, out) in enumerate(zip(upload.chunks, outputs, strict=True))
         ]
         return TranscriptionResult(
             text=join_texts((s.text for s in segments), language),
-            duration=round(duration_seconds(samples), 3),
+            duration=round(upload.duration or 0.0, 3),
             language=language,
             temperature=temperature,
             segments=segments,
             prompt_tokens=sum(out.prompt_tokens for out in outputs),
             audio_tokens=sum(out.audio_tokens for out in outputs),
             completion_tokens=sum(len(out.token_ids) for out in outputs),
+            pieces=pieces,
         )

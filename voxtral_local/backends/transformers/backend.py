@@ -1,4 +1,5 @@
-"""`TransformersBackend`: one model instance, loaded once, shared by all requests."""
+"""`TransformersBackend`: Voxtral in this process, loaded once from a checkpoint directory, shared by all
+requests. It gives tokens (and their text per row); the services turn them into streamed text."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import gc
 import logging
 import math
 import threading
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -17,9 +18,7 @@ from mistral_common.exceptions import MistralCommonException
 from ...audio.decode import SAMPLE_RATE
 from ...config import Settings
 from ...errors import InvalidRequestError, ModelUnavailableError, UndecodableOutputError, shorten
-from ...models.store import is_cached
-from ...services.streaming import OrderedText
-from ..base import ChunkOutput, RowsCallback, Sampling, TokenCallback
+from ..base import BackendStatus, ChunkOutput, RowsCallback, Sampling, TokenCallback
 from .features import TranscriptionFeatures, window_count, windows_for
 from .generation import RowResult
 from .inputs import Inputs, merge_inputs, split_rows
@@ -44,7 +43,11 @@ class TransformersBackend:
     decodes them together (continuous batching).
     """
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, model_id: str, path: Path, settings: Settings) -> None:
+        """`model_id`: the served model's id (for logs and the transcription request); `path`: its checkpoint
+        directory (a `save_pretrained` layout); `settings`: device, dtype, memory budget, token caps."""
+        self.model_id = model_id
+        self.path = path
         self.settings = settings
         self.model: Any = None
         self.processor: Any = None
@@ -52,8 +55,8 @@ class TransformersBackend:
         self.dtype: torch.dtype | None = None
         self.features: TranscriptionFeatures | None = None
         self.scheduler: Scheduler | None = None
-        self.load_error: str | None = None  # why the last load failed (None once loaded, or never tried)
         self._load_lock = threading.Lock()
+        self._prompts = threading.local()  # the chat rows `prompt_tokens` built, for `chat` on the same thread
 
     @property
     def loaded(self) -> bool:
@@ -73,43 +76,34 @@ class TransformersBackend:
         except RuntimeError:
             return self.settings.device
 
-    def is_downloaded(self) -> bool:
-        """Whether the checkpoint is on this machine (local directory or the Hugging Face cache); False for a
-        directory that cannot be read."""
-        if self.settings.model_is_local:
-            return self._local_problem() is None
-        return is_cached(self.settings.model)
+    def status(self) -> BackendStatus:
+        """Where the model runs and the bytes its weights (and buffers) take; 0 bytes when unloaded."""
+        model = self.model
+        memory = 0
+        if model is not None:
+            tensors = [*model.parameters(), *model.buffers()]
+            memory = sum(t.numel() * t.element_size() for t in tensors)
+        details: dict[str, Any] = {"path": str(self.path)}
+        rows = self.row_capacity()
+        if rows is not None:
+            details["row_capacity"] = rows
+        dtype = None if self.dtype is None else str(self.dtype).removeprefix("torch.")
+        return BackendStatus(model is not None, self.device_name(), dtype, memory, self.busy, details)
 
-    def unavailable_reason(self) -> str | None:
-        """Why the model cannot be served, as far as known without loading it: a local directory that is
-        missing or unreadable, or the reason the last load failed; None otherwise."""
-        if self.model is not None:
-            return None
-        return (self._local_problem() if self.settings.model_is_local else None) or self.load_error
-
-    def _local_problem(self) -> str | None:
-        """What is wrong with the local model directory (None if its config.json is there)."""
-        config = Path(self.settings.model).expanduser() / "config.json"
-        try:
-            present = config.is_file()
-        except OSError as exc:  # permission denied, a name too long, an I/O error: not just "missing"
-            return f"The model directory '{self.settings.model}' cannot be read: {exc.strerror or exc}."
-        if not present:
-            return f"The model directory '{self.settings.model}' does not exist or holds no config.json."
-        return None
+    @property
+    def context_tokens(self) -> int:
+        """The context window for a chat's prompt plus reply (`VOXTRAL_MAX_CONTEXT_TOKENS`)."""
+        return self.settings.max_context_tokens
 
     def load(self) -> None:
-        """Load model and processor if not yet loaded; raise ModelUnavailableError when that fails."""
+        """Load model and processor from `path` if not yet loaded, once (under a lock); ModelUnavailableError
+        with the reason when that fails."""
         if self.model is not None:
             return
         with self._load_lock:
             if self.model is not None:
                 return
-            try:
-                source = self._source()
-            except ModelUnavailableError as exc:
-                self.load_error = exc.message
-                raise
+            source = self.path
             try:
                 device = resolve_device(self.settings.device)
                 dtype = resolve_dtype(self.settings.dtype, device)
@@ -121,12 +115,9 @@ class TransformersBackend:
                 model.to(device).eval()
             except Exception as exc:  # any failure to load means "unavailable", with the reason
                 logger.exception("could not load %s", source)
-                self.load_error = shorten(
-                    f"The model '{self.settings.model}' could not be loaded: {type(exc).__name__}: {exc}", 1000
-                )
-                raise ModelUnavailableError(self.load_error) from exc
+                reason = f"The model '{self.model_id}' could not be loaded: {type(exc).__name__}: {exc}"
+                raise ModelUnavailableError(shorten(reason, 1000)) from exc
             self._serve(model, processor)
-            self.load_error = None
 
     def adopt(self, model: Any, processor: Any) -> None:
         """Serve a model already in memory (the benchmark builds one without writing it to disk)."""
@@ -135,7 +126,7 @@ class TransformersBackend:
 
     def _serve(self, model: Any, processor: Any) -> None:
         self.processor, self.device, self.dtype = processor, model.device, model.dtype
-        self.features = TranscriptionFeatures(processor, self.settings.model)
+        self.features = TranscriptionFeatures(processor, self.model_id)
         self.plan = MemoryPlan.for_model(
             model, model.device, self.settings.memory_budget_gb, max_rows=self.settings.batch_size
         )
@@ -173,7 +164,7 @@ class TransformersBackend:
             if scheduler is not None:
                 scheduler.close()
                 if not scheduler.join(timeout=60.0):
-                    logger.warning("the decoder thread of %s did not end within 60 s", self.settings.model)
+                    logger.warning("the decoder thread of %s did not end within 60 s", self.model_id)
             device = self.device
             self.model = self.processor = self.features = None
             self.device = self.dtype = None
@@ -201,24 +192,6 @@ class TransformersBackend:
     @property
     def eos_token_id(self) -> int:
         return int(self.processor.tokenizer.eos_token_id)
-
-    def stream_text(
-        self,
-        on_delta: Callable[[str], None] | None,
-        run: Callable[[TokenCallback | None, RowsCallback | None], list[ChunkOutput]],
-        stop: Sequence[str] = (),
-        language: str | None = None,
-    ) -> list[ChunkOutput]:
-        """Call `run(on_token, on_rows)`; with `on_delta`, turn its rows' tokens into ordered text deltas
-        (`run` announces its rows' caps through `on_rows` before they decode), rows joined as `language`'s
-        text is (`joining.separator`)."""
-        if on_delta is None:
-            return run(None, None)
-        assembler = OrderedText(self.decode, eos_token_id=self.eos_token_id, caps=(), stop=stop, language=language)
-        outputs = run(assembler.forward_to(on_delta), assembler.add_rows)
-        for delta in assembler.finish([out.text for out in outputs]):
-            on_delta(delta)
-        return outputs
 
     @staticmethod
     def _tekken(processor: Any) -> Any:
@@ -297,10 +270,25 @@ class TransformersBackend:
         cancel: threading.Event | None = None,
         on_rows: RowsCallback | None = None,
     ) -> list[ChunkOutput]:
-        """Generate a reply to each conversation; outputs in conversation order."""
+        """Generate a reply to each conversation, at most `caps[i]` new tokens each; outputs in conversation
+        order. InvalidRequestError for a conversation the chat template refuses."""
         self.load()
-        job = self._chat_job(self._chat_inputs(conversations), caps, sampling, on_token, cancel)
+        built: tuple[Conversation, list[Inputs]] | None = getattr(self._prompts, "built", None)
+        self._prompts.built = None
+        if built is not None and len(conversations) == 1 and built[0] is conversations[0]:
+            rows = built[1]  # `prompt_tokens` just built them on this thread
+        else:
+            rows = self._chat_inputs(conversations)
+        job = self._chat_job(rows, caps, sampling, on_token, cancel)
         return self._run(job, on_rows)
+
+    def prompt_tokens(self, conversation: Conversation) -> int:
+        """Tokens the conversation's prompt takes (375 per 30 s of audio); InvalidRequestError for one the
+        chat template refuses. The inputs built are kept for a `chat` of this conversation on this thread."""
+        self.load()
+        rows = self._chat_inputs([conversation])
+        self._prompts.built = (conversation, rows)
+        return int(rows[0]["input_ids"].shape[1])
 
     def _chat_inputs(self, conversations: Sequence[Conversation]) -> list[Inputs]:
         try:
@@ -325,36 +313,6 @@ class TransformersBackend:
 
         footprints = [Footprint(int(r["input_ids"].shape[1]), len(r.get("input_features", ()))) for r in rows]
         return Job(build, footprints, list(caps), sampling, on_token, cancel)
-
-    def chat_one(
-        self,
-        conversation: Conversation,
-        *,
-        max_new_tokens: int | None,
-        sampling: Sampling,
-        on_delta: Callable[[str], None] | None = None,
-        cancel: threading.Event | None = None,
-    ) -> ChunkOutput:
-        """Reply to one conversation; the prompt and the reply must fit the context window."""
-        self.load()
-        rows = self._chat_inputs([conversation])
-        prompt_tokens = int(rows[0]["input_ids"].shape[1])
-        context = self.settings.max_context_tokens
-        room = context - prompt_tokens
-        if room <= 0 or (max_new_tokens is not None and max_new_tokens > room):
-            raise InvalidRequestError(
-                f"This model's context is {context} tokens; the messages take {prompt_tokens} "
-                f"(375 per 30 s of audio) and max_tokens asks for {max_new_tokens or 'at least 1'} more.",
-                param="messages",
-                code="context_length_exceeded",
-            )
-        cap = max_new_tokens or room
-
-        def run(on_token: TokenCallback | None, on_rows: RowsCallback | None) -> list[ChunkOutput]:
-            return self._run(self._chat_job(rows, [cap], sampling, on_token, cancel), on_rows)
-
-        (out,) = self.stream_text(on_delta, run, stop=sampling.stop)
-        return out
 
     def _run(
         self,
@@ -397,11 +355,3 @@ class TransformersBackend:
             prompt_tokens=row.prompt_tokens,
             audio_tokens=row.audio_tokens,
         )
-
-    def _source(self) -> str:
-        if self.settings.model_is_local:
-            problem = self._local_problem()
-            if problem is not None:
-                raise ModelUnavailableError(problem)
-            return str(Path(self.settings.model).expanduser())
-        return self.settings.model

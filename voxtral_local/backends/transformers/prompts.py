@@ -33,11 +33,22 @@ def transcription_inputs(processor: Any, chunks: Sequence[np.ndarray], *, langua
 
 
 def chat_inputs(processor: Any, conversations: Sequence[Conversation]) -> Any:
-    """A BatchFeature for chat conversations (OpenAI-style roles, `audio`/`text` content parts)."""
-    return processor.apply_chat_template(list(conversations), tokenize=True, return_dict=True)
+    """A BatchFeature for chat conversations (OpenAI-style roles, `audio`/`text` content parts; audio parts
+    as `backends.base.audio_part` makes them)."""
+    return processor.apply_chat_template([_with_wav(c) for c in conversations], tokenize=True, return_dict=True)
 
 
-def audio_part(samples: np.ndarray) -> dict[str, str]:
+def _with_wav(conversation: Conversation) -> Conversation:
+    """The conversation with each audio part's samples as the base64 WAV the processor takes."""
+    return [
+        {**m, "content": [wav_part(p["samples"]) if "samples" in p else p for p in m["content"]]}
+        if isinstance(m.get("content"), list)
+        else m
+        for m in conversation
+    ]
+
+
+def wav_part(samples: np.ndarray) -> dict[str, str]:
     """A chat content part carrying 16 kHz mono samples as base64 WAV, as the processor expects."""
     buffer = io.BytesIO()
     sf.write(buffer, np.asarray(samples, dtype=np.float32), SAMPLE_RATE, format="WAV", subtype="FLOAT")
