@@ -59,11 +59,50 @@ def test_sse_framing_on_the_raw_bytes(base_url: str) -> None:
         assert response.headers["content-type"].startswith("text/event-stream")
         raw = b"".join(response.iter_raw())
     assert raw.endswith(b"\n\n")
-    events = raw.decode().split("\n\n")[:-1]
+    blocks = raw.decode().split("\n\n")[:-1]
+    events = [block for block in blocks if not block.startswith(":")]
     for event in events:
         assert event.startswith("data: ") and "\n" not in event
         json.loads(event[len("data: ") :])
     assert json.loads(events[-1][6:])["type"] == "transcript.text.done"
+    comments = [block for block in blocks if block.startswith(":")]
+    assert comments and all(c.startswith(": progress ") and "\n" not in c for c in comments)
+
+
+def progress_of(raw: str) -> list[tuple[float, float | None]]:
+    """The `: progress <done> <total>` comment lines of a raw SSE stream, in order."""
+    lines = [line.split() for line in raw.splitlines() if line.startswith(": progress ")]
+    return [(float(done), None if total == "?" else float(total)) for _, _, done, total in lines]
+
+
+def test_progress_comments_come_in_order_and_the_sdk_ignores_them(
+    client: OpenAI, base_url: str, long_mp3: bytes
+) -> None:
+    """A 3-minute upload (seven chunks): comments report the seconds done as chunks finish, never more than
+    the total, ending at the whole length; the SDK's stream of the same request is the same delta and done
+    events as without them."""
+    files = {"file": ("long.mp3", long_mp3, "audio/mpeg")}
+    with httpx.stream(
+        "POST", f"{base_url}/v1/audio/transcriptions", files=files, data={"model": MODEL, "stream": "true"}, timeout=300
+    ) as response:
+        assert response.status_code == 200
+        raw = b"".join(response.iter_raw()).decode()
+    progress = progress_of(raw)
+    assert len(progress) >= 7
+    dones = [done for done, _ in progress]
+    assert dones == sorted(dones) and dones[0] > 0
+    assert all(total is None or done <= total for done, total in progress)
+    totals = [total for _, total in progress if total is not None]
+    assert totals and all(total == totals[0] for total in totals)  # known once the whole upload is decoded
+    assert dones[-1] == totals[0] == pytest.approx(180, abs=2)
+    assert raw.index(": progress") < raw.index('"transcript.text.done"')
+    events = list(client.audio.transcriptions.create(model=MODEL, file=("long.mp3", long_mp3), stream=True))
+    deltas, done = events[:-1], events[-1]
+    assert all(isinstance(e, TranscriptionTextDeltaEvent) for e in deltas)
+    assert isinstance(done, TranscriptionTextDoneEvent)
+    assert done.text == "".join(e.delta for e in deltas if isinstance(e, TranscriptionTextDeltaEvent))
+    raw_events = [json.loads(b[6:]) for b in raw.split("\n\n") if b.startswith("data: ")]
+    assert done.text == raw_events[-1]["text"]  # the same transcript as the stream read raw
 
 
 @contextmanager
