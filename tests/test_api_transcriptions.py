@@ -151,8 +151,9 @@ def test_bad_parameters_get_400_with_the_param_named(
 
 
 def test_unknown_model_is_404(client: OpenAI) -> None:
+    """A name that is neither a served model nor an alias (gpt-4o-transcribe is one: the default model)."""
     with pytest.raises(openai.NotFoundError) as info, open(FIXTURES / "speech.wav", "rb") as f:
-        client.audio.transcriptions.create(model="gpt-4o-transcribe", file=f)
+        client.audio.transcriptions.create(model="whisper-large-v3", file=f)
     error = error_of(info.value)
     assert (error["param"], error["code"]) == ("model", "model_not_found")
     assert "voxtral-tiny" in str(error["message"])
