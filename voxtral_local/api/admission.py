@@ -4,7 +4,7 @@ Every request for model work (transcriptions, translations, chat completions, lo
 not) takes a place when its headers arrive and gives it back when its response has been sent. With every
 place taken, the request is answered at once with 429, `Retry-After` and OpenAI's envelope
 (`rate_limit_exceeded`): nothing of it is read, parsed or decoded, so a refusal costs microseconds however
-large the upload. A request that got a place is never dropped: it waits for the engine's batch like any other.
+large the upload. A request that got a place is never dropped: it waits for the model's batch like any other.
 During a shutdown new model requests get 503 (`server_shutting_down`).
 
 The limit is `VOXTRAL_MAX_QUEUE`, or by default twice the batch capacity: one batch decoding and about one

@@ -1,4 +1,4 @@
-"""Run blocking engine work on a thread, stopping it when the client goes away or the server shuts down."""
+"""Run blocking model work on a thread, stopping it when the client goes away or the server shuts down."""
 
 from __future__ import annotations
 
@@ -53,7 +53,7 @@ def inflight_of(request: Request) -> InFlight:
 async def run_until_disconnect(request: Request, work: Callable[[threading.Event], R]) -> R:
     """Run `work(cancel)` on a thread of its own; `cancel` is set if the client disconnects before it ends,
     if the server stops its work at the shutdown deadline (then ServerShuttingDownError is raised), or if
-    this task is cancelled (a forced exit), so the engine never computes for nobody."""
+    this task is cancelled (a forced exit), so the model never computes for nobody."""
     cancel = threading.Event()
 
     async def watch() -> None:
@@ -75,7 +75,7 @@ async def stream_deltas(work: DeltaWork[R], inflight: InFlight) -> AsyncIterator
     come, then Done or Failed.
 
     When the consumer stops early (the response was cancelled because the client left), the cancel
-    event is set and the engine stops within a decoding step or two. Work stopped by the shutdown deadline
+    event is set and the backend stops within a decoding step or two. Work stopped by the shutdown deadline
     ends with Failed(ServerShuttingDownError).
     """
     loop = asyncio.get_running_loop()

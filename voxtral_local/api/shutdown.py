@@ -3,7 +3,7 @@
 On the first signal uvicorn stops accepting connections (the listening socket is closed, so a new
 connection is refused) and closes idle ones; the app refuses new model requests (503) and lets those in
 flight run for up to `VOXTRAL_SHUTDOWN_TIMEOUT` seconds. Then their cancel events are set (`InFlight`): the
-engine drops them at its next step, a stream ends with an error event and a plain request gets 503
+backend drops them at its next step, a stream ends with an error event and a plain request gets 503
 (`server_shutting_down`). uvicorn's own `timeout_graceful_shutdown`, `GRACE_SECONDS` later, closes whatever
 still runs (a request whose upload has not finished arriving). A second SIGINT stops the work at once and
 gives the requests `FORCED_ANSWER_SECONDS` to send their error before their connections are cut.
@@ -71,7 +71,7 @@ class DrainingServer(uvicorn.Server):
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         super().handle_exit(sig, frame)
-        if self.force_exit:  # a second SIGINT: stop the engine's work now, not only the waiting
+        if self.force_exit:  # a second SIGINT: stop the model work now, not only the waiting
             self.inflight.stop_all()
 
 

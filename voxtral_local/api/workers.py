@@ -1,6 +1,6 @@
 """Threads for request work, and the registry of running model work that a shutdown stops.
 
-Every blocking step of an admitted request (decoding its upload, preparing a chat, waiting for the engine)
+Every blocking step of an admitted request (decoding its upload, preparing a chat, waiting for the model)
 runs on a thread of its own, started for it: how many run at once is set by admission
 (`api/admission.py`), not by the size of a pool. A shared pool would be a second, hidden limit: asyncio's
 default executor has min(32, CPUs + 4) threads (six on two cores, so a seventh stream waited for one of six
@@ -57,7 +57,7 @@ def _settle(future: asyncio.Future[Any], result: object, error: BaseException | 
 class InFlight:
     """The cancel events of the model work running now.
 
-    `stop_all` (at the shutdown deadline, or on a forced exit) sets every one of them, so the engine drops
+    `stop_all` (at the shutdown deadline, or on a forced exit) sets every one of them, so the backend drops
     those jobs at its next step, and refuses work that tries to start afterwards. A request whose work was
     stopped that way reports `ServerShuttingDownError` (503, or an error event in a stream) instead of
     `GenerationCancelledError`.

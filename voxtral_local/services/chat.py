@@ -179,7 +179,7 @@ class ChatService:
         sampling = _sampling(params)
         text = None
         if on_delta is not None:
-            token_bytes = backend.token_bytes if sampling.top_logprobs or params.logprobs else None
+            token_bytes = backend.token_bytes if params.logprobs else None
             text = OrderedText(
                 backend.decode, eos_token_id=backend.eos_token_id, caps=(), stop=sampling.stop, token_bytes=token_bytes
             )

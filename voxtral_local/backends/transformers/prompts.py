@@ -17,8 +17,7 @@ import numpy as np
 import soundfile as sf
 
 from ...audio.decode import SAMPLE_RATE
-
-Conversation = list[dict[str, Any]]
+from ..base import Conversation
 
 
 def transcription_inputs(processor: Any, chunks: Sequence[np.ndarray], *, language: str | None, model_id: str) -> Any:
