@@ -102,6 +102,8 @@ def check(response: httpx.Response) -> None:
         message, code = str(error.get("message") or message), error.get("code")
     elif response.text.strip():
         message = f"{message}: {response.text.strip()[:300]}"
+    if message == response.reason_phrase:  # "Not Found": say what was not found (a server without the route)
+        message = f"{response.request.method} {response.request.url.path}: {message}"
     raise ApiError(message, status=response.status_code, code=code)
 
 
