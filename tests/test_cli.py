@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -14,9 +15,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
+import numpy as np
 import pytest
 
 from voxtral_local.config import Settings
+from voxtral_local.testing.audio_files import encode, silence
 
 from .conftest import FIXTURES, free_port
 from .hub_mirror import HubMirror, Repo, serve_mirror
@@ -220,6 +223,18 @@ def test_transcribe_against_a_server_streams_text_with_progress_and_sends_the_ke
     assert from_env.stderr == ""  # no progress when stderr is not a terminal
 
 
+def test_transcribe_progress_follows_the_seconds_of_audio_the_server_reports(
+    server: ServerProcess, speech: np.ndarray, tmp_path: Path
+) -> None:
+    long = tmp_path / "long.wav"  # three chunks: the server reports progress as they finish
+    long.write_bytes(encode(np.concatenate([speech, silence(30.0), speech, silence(30.0), speech]), "wav"))
+
+    result = cli("transcribe", str(long), "--server", server.url, "--api-key", "cli-key", "--progress", cwd=tmp_path)
+
+    assert result.returncode == 0, result.stderr
+    assert re.search(r"\b(\d+)/\1 s audio", result.stderr), result.stderr  # the bar ends at the total
+
+
 def test_transcribe_against_a_server_prints_the_servers_error_and_goes_on(
     server: ServerProcess, audio: Path, tmp_path: Path
 ) -> None:
@@ -254,9 +269,9 @@ def test_ls_and_pull_in_process_for_a_local_model_directory(tiny_model_dir: Path
     unknown = cli("pull", "no-such-model", cwd=tmp_path, **model(tiny_model_dir))
 
     assert listed.returncode == 0, listed.stderr
-    header, row = listed.stdout.splitlines()[:2]
+    header, *rows = listed.stdout.splitlines()
     assert header.split() == ["ID", "ALIAS", "OF", "DOWNLOADED", "LOADED", "SIZE", "MEMORY"]
-    assert row.split()[:2] == ["voxtral-tiny", "yes"]
+    assert [row.split()[:3] for row in rows if row.startswith("voxtral-tiny ")] == [["voxtral-tiny", "yes", "no"]]
     assert pulled.returncode == 0, pulled.stderr
     assert "voxtral-tiny: success" in pulled.stderr
     assert unknown.returncode == 1 and "no-such-model" in unknown.stderr
@@ -266,7 +281,7 @@ def test_ls_json_lists_the_served_models(server: ServerProcess, tmp_path: Path) 
     result = cli("ls", "--json", "--server", server.url, "--api-key", "cli-key", cwd=tmp_path)
 
     assert result.returncode == 0, result.stderr
-    assert json.loads(result.stdout)["data"][0]["id"] == "voxtral-tiny"
+    assert "voxtral-tiny" in {entry["id"] for entry in json.loads(result.stdout)["data"]}
 
 
 @pytest.fixture(scope="module")
@@ -279,6 +294,12 @@ def hub(mirror: HubMirror, home: Path) -> dict[str, str]:
     return {"HF_ENDPOINT": mirror.url, "HF_HOME": str(home), "HF_HUB_OFFLINE": "0", "VOXTRAL_MODEL": HUB_REPO}
 
 
+def listed(ls_json: subprocess.CompletedProcess[str]) -> dict[str, object]:
+    """The hub model's entry in the output of `ls --json`."""
+    assert ls_json.returncode == 0, ls_json.stderr
+    return next(entry for entry in json.loads(ls_json.stdout)["data"] if entry["id"] == HUB_REPO)
+
+
 def test_pull_downloads_a_hub_model_with_progress_and_ls_shows_it(mirror: HubMirror, tmp_path: Path) -> None:
     home = tmp_path / "hf"
 
@@ -288,8 +309,8 @@ def test_pull_downloads_a_hub_model_with_progress_and_ls_shows_it(mirror: HubMir
 
     assert pulled.returncode == 0, pulled.stderr
     assert f"{HUB_REPO}: success" in pulled.stderr and "━" in pulled.stderr  # the bar
-    assert json.loads(before.stdout)["data"][0]["downloaded"] is False
-    assert json.loads(after.stdout)["data"][0]["downloaded"] is True
+    assert listed(before)["downloaded"] is False
+    assert listed(after)["downloaded"] is True
 
 
 def test_rm_deletes_a_pulled_hub_model(mirror: HubMirror, tmp_path: Path) -> None:
@@ -301,7 +322,7 @@ def test_rm_deletes_a_pulled_hub_model(mirror: HubMirror, tmp_path: Path) -> Non
 
     assert removed.returncode == 0, removed.stderr
     assert removed.stdout.strip() == f"{HUB_REPO}: deleted"
-    assert json.loads(after.stdout)["data"][0]["downloaded"] is False
+    assert listed(after)["downloaded"] is False
 
 
 def test_rm_never_deletes_a_local_directory_and_names_an_unknown_model(

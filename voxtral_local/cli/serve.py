@@ -59,7 +59,8 @@ def startup_line(settings: Settings) -> str:
         f"max queue {auto(settings.max_queue)}, batch size {auto(settings.batch_size)}, "
         f"memory budget {auto(settings.memory_budget_gb, ' GiB')}"
     )
-    return f"voxtral-local: {models}; {where}; listening on {settings.host}:{settings.port}; {limits}"
+    host = f"[{settings.host}]" if ":" in settings.host else settings.host
+    return f"voxtral-local: {models}; {where}; listening on {host}:{settings.port}; {limits}"
 
 
 @with_settings_options

@@ -57,6 +57,7 @@ def transcribe(
     to_stdout = len(files) == 1 and output_dir is None
     target = output_dir or Path(".")
     console = progress_console(progress, quiet)
+    printed: list[str] = []  # what goes to stdout, printed once the progress display is gone
     if present:
         try:
             with connect(server, api_key) as api:
@@ -67,12 +68,19 @@ def transcribe(
                         try:
                             body = _one(api, file, name, language, response_format, bar)
                         except ApiError as exc:
-                            typer.echo(f"error: {file}: {exc.message}", err=True)
+                            _note(f"error: {file}: {exc.message}", bar)
                             failed += 1
                             continue
-                        _write(body, file, response_format, None if to_stdout else target, quiet)
+                        if to_stdout:
+                            printed.append(body)
+                            continue
+                        path = _write(body, file, response_format, target)
+                        if not quiet:
+                            _note(f"{file} -> {path}", bar)
         except ApiError as exc:
             raise fail(exc.message) from None
+    for body in printed:
+        typer.echo(body, nl=False)
     if failed:
         raise typer.Exit(1)
 
@@ -138,13 +146,17 @@ def _without_type(event: dict[str, Any]) -> dict[str, Any]:
     return {key: value for key, value in event.items() if key != "type"}
 
 
-def _write(text: str, file: Path, fmt: str, directory: Path | None, quiet: bool) -> None:
-    """Print `text`, or write it to `directory/<stem>.<ext>` (and say so on stderr unless `quiet`)."""
-    if directory is None:
-        typer.echo(text, nl=False)
-        return
+def _write(text: str, file: Path, fmt: str, directory: Path) -> Path:
+    """Write `text` to `directory/<stem>.<ext>`; the path written."""
     path = directory / f"{file.stem}.{EXTENSIONS[fmt]}"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text, encoding="utf-8")
-    if not quiet:
-        typer.echo(f"{file} -> {path}", err=True)
+    return path
+
+
+def _note(message: str, bar: Progress | None) -> None:
+    """A line on stderr, above the progress display when there is one."""
+    if bar is not None:
+        bar.console.print(message, markup=False, highlight=False)
+    else:
+        typer.echo(message, err=True)
