@@ -20,7 +20,7 @@ STREAMED: frozenset[str] = frozenset({"json", "text"})
 
 
 def transcribe(
-    files: Annotated[list[Path], typer.Argument(metavar="FILE...", help="Audio or video files.", show_default=False)],
+    files: Annotated[list[Path], typer.Argument(metavar="FILE", help="Audio or video files.", show_default=False)],
     model: Annotated[
         str | None,
         typer.Option("--model", "-m", help="Model id or alias. [default: the server's default model]"),
@@ -67,14 +67,18 @@ def transcribe(
                     for file in present:
                         try:
                             body = _one(api, file, name, language, response_format, bar)
+                            if to_stdout:
+                                printed.append(body)
+                                continue
+                            path = _write(body, file, response_format, target)
                         except ApiError as exc:
                             _note(f"error: {file}: {exc.message}", bar)
                             failed += 1
                             continue
-                        if to_stdout:
-                            printed.append(body)
+                        except OSError as exc:  # unreadable input, unwritable output
+                            _note(f"error: {file}: {exc.strerror or exc}", bar)
+                            failed += 1
                             continue
-                        path = _write(body, file, response_format, target)
                         if not quiet:
                             _note(f"{file} -> {path}", bar)
         except ApiError as exc:
