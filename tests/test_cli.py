@@ -266,6 +266,7 @@ def test_transcribe_without_any_file_starts_nothing(tmp_path: Path) -> None:
 def test_ls_and_pull_in_process_for_a_local_model_directory(tiny_model_dir: Path, tmp_path: Path) -> None:
     listed = cli("ls", cwd=tmp_path, **model(tiny_model_dir))
     pulled = cli("pull", "voxtral-tiny", cwd=tmp_path, **model(tiny_model_dir))
+    quiet = cli("pull", "voxtral-tiny", "--quiet", cwd=tmp_path, **model(tiny_model_dir))
     unknown = cli("pull", "no-such-model", cwd=tmp_path, **model(tiny_model_dir))
 
     assert listed.returncode == 0, listed.stderr
@@ -274,6 +275,7 @@ def test_ls_and_pull_in_process_for_a_local_model_directory(tiny_model_dir: Path
     assert [row.split()[:3] for row in rows if row.startswith("voxtral-tiny ")] == [["voxtral-tiny", "yes", "no"]]
     assert pulled.returncode == 0, pulled.stderr
     assert "voxtral-tiny: success" in pulled.stderr
+    assert quiet.returncode == 0 and quiet.stderr == quiet.stdout == ""
     assert unknown.returncode == 1 and "no-such-model" in unknown.stderr
 
 
