@@ -139,12 +139,12 @@ def connect(server: str | None, api_key: str | None, settings: Settings | None =
 @contextmanager
 def in_process_server(settings: Settings) -> Iterator[str]:
     """Serve `create_app(settings)` with uvicorn on 127.0.0.1 on a free port in a background thread; yield its
-    URL; stop the server and the engine on exit. Log output below WARNING is left out."""
+    URL; stop the server and its backends on exit. Log output below WARNING is left out."""
     import uvicorn
 
     from ..api import create_app
     from ..api.connections import uvicorn_options
-    from ..api.shutdown import stop_engine
+    from ..api.shutdown import stop_backends
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     app = create_app(settings)
@@ -162,7 +162,7 @@ def in_process_server(settings: Settings) -> Iterator[str]:
     finally:
         server.should_exit = True
         thread.join(timeout=60)
-        stop_engine(app)
+        stop_backends(app)
 
 
 def local_url(settings: Settings) -> str:
