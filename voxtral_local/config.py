@@ -36,6 +36,25 @@ class Settings(BaseSettings):
         "gpt-4o-transcribe, gpt-4o-mini-transcribe mean the default model; voxtral-mini, voxtral-small the hub "
         "ids); a bare name is an alias of the default model.",
     )
+    auto_download: bool = Field(
+        False,
+        description="Download a served hub model that is not in the cache when a request needs it (the request "
+        "waits for the download). Off: such a request gets a 404 `model_not_downloaded` at once, and only "
+        "`POST /v1/models/pull` downloads.",
+    )
+    model_ttl: float = Field(
+        300.0,
+        ge=-1,
+        description="Seconds a loaded model may stay idle (no request using it) before it is unloaded; -1: never, "
+        "0: right after each request.",
+    )
+    models_memory_gb: float = Field(
+        0.0,
+        ge=0,
+        description="GiB that the weights of all loaded models may take together (estimated from the safetensors "
+        "headers and the dtype); idle models are unloaded, least recently used first, to make room for another, "
+        "else loading it is a 503. 0: auto, the memory free on the device.",
+    )
     host: str = Field("127.0.0.1", description="Interface to listen on.")
     port: int = Field(11344, ge=1, le=65535, description="TCP port to listen on.")
     device: Literal["auto", "cuda", "mps", "cpu"] = Field(

@@ -11,13 +11,12 @@ from fastapi import FastAPI
 from .. import __version__
 from ..backends.transformers import TransformersBackend
 from ..config import Settings
-from ..errors import ModelUnavailableError
+from ..errors import VoxtralError
 from ..models.catalog import ModelCatalog
 from ..models.registry import ModelRegistry
-from ..models.store import ModelDownloader
 from ..services.chat import ChatService
 from ..services.transcription import TranscriptionService
-from . import routes_audio, routes_chat, routes_models, routes_pull
+from . import routes_audio, routes_chat, routes_models, routes_ps, routes_pull
 from .access import install_access_control
 from .admission import Admission, AdmissionControl
 from .body_limit import BodySizeLimit
@@ -43,17 +42,18 @@ def create_app(settings: Settings, engine: TransformersBackend | None = None) ->
             ModelCatalog(settings),
             lambda model, path: TransformersBackend(settings.model_copy(update={"model": str(path)})),  # type: ignore[arg-type,return-value]  # until it implements ModelBackend
         )
-        app.state.downloader = ModelDownloader(settings.model)
+        app.state.models.start()  # the idle unload (VOXTRAL_MODEL_TTL)
         app.state.transcription = TranscriptionService(settings, engine_)
         app.state.chat = ChatService(settings, engine_, app.state.transcription)
         if settings.preload:
             try:
-                await run_in_worker(engine_.load)
-            except ModelUnavailableError as exc:
-                logger.error("preload failed; requests will get 503 until it loads: %s", exc.message)
+                await run_in_worker(app.state.models.load, app.state.models.catalog.default.id)
+            except VoxtralError as exc:  # not downloaded, missing, unloadable, too big: said once, not fatal
+                logger.error("preload failed; requests will get an error until it loads: %s", exc.message)
         admission.engine = engine_
         yield
         inflight.stop_all()  # nothing should be left by now; whatever is (a forced exit) stops with the engine
+        app.state.models.close()
 
     app = FastAPI(title="voxtral-local", version=__version__, lifespan=lifespan)
     install_error_handlers(app)
@@ -70,4 +70,5 @@ def create_app(settings: Settings, engine: TransformersBackend | None = None) ->
     app.include_router(routes_chat.router)
     app.include_router(routes_models.router)
     app.include_router(routes_pull.router)
+    app.include_router(routes_ps.router)
     return app
