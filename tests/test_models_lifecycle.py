@@ -47,7 +47,8 @@ def ps(two_models: str) -> Iterator[str]:
 
 
 def registry(url: str) -> ModelRegistry:
-    return APPS[url].state.models  # type: ignore[no-any-return]
+    models: ModelRegistry = APPS[url].state.models
+    return models
 
 
 def weights_float32(directory: Path) -> int:
@@ -55,7 +56,7 @@ def weights_float32(directory: Path) -> int:
     total = 0
     for path in directory.glob("*.safetensors"):
         with safe_open(str(path), "pt") as f:
-            total += sum(math.prod(f.get_slice(name).get_shape()) * 4 for name in f.keys())
+            total += sum(math.prod(f.get_slice(name).get_shape()) * 4 for name in f.keys())  # noqa: SIM118 - safe_open is not iterable
     return total
 
 
@@ -184,7 +185,12 @@ def test_ttl_zero_unloads_right_after_a_transcription(tiny_model_dir: Path) -> N
         models = registry(url)
         calls: list[str] = []
         factory = models.factory
-        models.factory = lambda model, path: calls.append(model.id) or factory(model, path)
+
+        def counting(model: Any, path: Path) -> Any:
+            calls.append(model.id)
+            return factory(model, path)
+
+        models.factory = counting
         client = OpenAI(base_url=f"{url}/v1", api_key="x", max_retries=0, timeout=120)
         for _ in range(2):
             with open(FIXTURES / "speech.wav", "rb") as f:
