@@ -9,6 +9,7 @@ device the models run on (the accelerator's, or the machine's RAM for a CPU).
 
 from __future__ import annotations
 
+import ctypes
 import json
 import logging
 import math
@@ -118,6 +119,17 @@ def device_memory(device: torch.device) -> DeviceMemory:
     except (OSError, ValueError, IndexError):
         pass
     return DeviceMemory(info.get("MemTotal"), info.get("MemAvailable"))
+
+
+def return_freed_memory() -> None:
+    """Hand memory that freed tensors left in the C allocator's arenas back to the system (glibc's
+    `malloc_trim`; nothing elsewhere). Without it, weights freed by an unload stay in the process's RSS: glibc
+    keeps freed blocks below its mmap threshold, and the arenas of the threads that loaded them, for reuse."""
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        libc.malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc
+        pass
 
 
 def gib(n: int | None) -> str:

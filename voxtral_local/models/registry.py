@@ -38,7 +38,7 @@ from ..errors import (
     VoxtralError,
 )
 from .catalog import ModelCatalog, ServedModel
-from .memory import DeviceMemory, device_memory, disk_bytes, gib, weights_bytes
+from .memory import DeviceMemory, device_memory, disk_bytes, gib, return_freed_memory, weights_bytes
 from .store import ModelStore, cached_path
 
 logger = logging.getLogger(__name__)
@@ -369,6 +369,8 @@ class ModelRegistry:
             backend, slot.backend = slot.backend, None
             if backend is not None:
                 backend.unload()
+                del backend
+                return_freed_memory()
                 logger.info("unloaded %s %s", slot.model.id, why)
 
     def _release(self, slot: Slot) -> None:
