@@ -27,7 +27,8 @@ def test_models_list_and_retrieve_through_the_sdk(client: OpenAI, base_url: str)
     assert raw["object"] == "list"
     assert raw["data"][0]["downloaded"] is True
     assert client.models.retrieve(MODEL).id == MODEL
-    assert client.models.retrieve("whisper-1").id == MODEL
+    assert client.models.retrieve("whisper-1").id == "whisper-1"
+    assert httpx.get(f"{base_url}/v1/models/whisper-1").json()["alias_of"] == MODEL
     with pytest.raises(openai.NotFoundError):
         client.models.retrieve("mistralai/Voxtral-Small-24B-2507")
 
