@@ -10,6 +10,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -185,3 +186,31 @@ def test_auto_download_pulls_the_model_a_request_needs(mirror: HubMirror, tmp_pa
         assert health["model_available"] is True and health["model_loaded"] is True
         again = httpx.post(f"{url}/v1/models/pull", json={"model": MINI, "stream": False}, timeout=60).json()
         assert again["status"] == "success" and again["completed"] == 0  # complete already: nothing downloaded
+
+
+def test_pulls_of_two_models_run_side_by_side(mirror: HubMirror, tmp_path: Path) -> None:
+    with hub_server(mirror.url, tmp_path, model=MINI, models=SMALL) as (url, _):
+        mirror.requests.clear()
+        mirror.hold = True  # file bodies wait until both downloads have asked for files
+        mirror.release.clear()
+        results: dict[str, httpx.Response] = {}
+
+        def pull(model: str) -> None:
+            results[model] = httpx.post(f"{url}/v1/models/pull", json={"model": model, "stream": False}, timeout=120)
+
+        threads = [threading.Thread(target=pull, args=(model,)) for model in (MINI, SMALL)]
+        try:
+            for thread in threads:
+                thread.start()
+            deadline = time.monotonic() + 60
+            while not all(any(f"/{m}/resolve/" in p for _, p in list(mirror.requests)) for m in (MINI, SMALL)):
+                assert time.monotonic() < deadline, "the second download waited for the first"
+                time.sleep(0.05)
+        finally:
+            mirror.release.set()
+            for thread in threads:
+                thread.join(timeout=120)
+            mirror.hold = False
+        assert {m: r.status_code for m, r in results.items()} == {MINI: 200, SMALL: 200}
+        listed = {m["id"]: m["downloaded"] for m in httpx.get(f"{url}/v1/models", timeout=30).json()["data"]}
+        assert listed[MINI] and listed[SMALL]
