@@ -70,9 +70,9 @@ def test_unloading_gives_the_memory_back(server: tuple[str, int], large_model_di
         assert loaded - before > 0.7 * weights, (before, loaded, weights)
         assert httpx.delete(f"{url}/api/ps/{MODEL}", timeout=120).status_code == 204
         deadline = time.monotonic() + 30
-        while rss(pid) - before > 0.2 * weights and time.monotonic() < deadline:
+        while rss(pid) - before > 0.4 * weights and time.monotonic() < deadline:
             time.sleep(0.2)
-        assert rss(pid) - before < 0.2 * weights, (before, loaded, rss(pid), weights)
+        assert rss(pid) - before < 0.4 * weights, (before, loaded, rss(pid), weights)
 
 
 @pytest.mark.gpu

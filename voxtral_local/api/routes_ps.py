@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Response
 
-from ..models.registry import already_loaded
+from ..errors import ModelConflictError
 from ..protocol import RunningModels
 from .deps import ModelsDep
 from .openapi import COMMON_ERRORS, error_responses
@@ -13,6 +13,11 @@ from .routes_models import running_model
 from .workers import run_in_worker
 
 router = APIRouter()
+
+
+def already_loaded(model_id: str) -> ModelConflictError:
+    """The 409 of `POST /api/ps/{id}` for a model that is loaded (speaches' convention)."""
+    return ModelConflictError(f"The model '{model_id}' is already loaded.", param="model", code="model_already_loaded")
 
 
 @router.get("/api/ps", responses=error_responses(*COMMON_ERRORS))

@@ -12,7 +12,7 @@ models. Idle loaded models are unloaded, least recently used first, to make room
 When even that is not enough, the load fails with `InsufficientMemoryError` (503) and nothing is unloaded.
 
 A hub model not in the cache is never downloaded inside a request unless `VOXTRAL_AUTO_DOWNLOAD` is on:
-`locate` answers `ModelNotDownloadedError` (404) from the cache alone.
+`store.locate` answers `ModelNotDownloadedError` (404) from the cache alone.
 """
 
 from __future__ import annotations
@@ -35,38 +35,16 @@ from ..errors import (
     ModelNotDownloadedError,
     ModelNotLoadedError,
     ModelUnavailableError,
-    VoxtralError,
 )
 from .catalog import ModelCatalog, ServedModel
 from .memory import DeviceMemory, device_memory, disk_bytes, gib, return_freed_memory, weights_bytes
-from .store import ModelStore, cached_path
+from .store import ModelStore, cached_path, locate
 
 logger = logging.getLogger(__name__)
 
 GIB = 1024**3
 # Builds the backend for a served model from its checkpoint directory (not yet loaded).
 BackendFactory = Callable[[ServedModel, Path], ModelBackend]
-
-
-def locate(model: ServedModel) -> Path:
-    """The checkpoint directory of a served model, without any network: a local directory with a config.json,
-    or the hub snapshot complete in the cache. ModelUnavailableError for a local directory that is missing or
-    unreadable; ModelNotDownloadedError for a hub model not in the cache."""
-    if model.is_local:
-        config = model.directory / "config.json"
-        try:
-            present = config.is_file()
-        except OSError as exc:  # permission denied, a name too long, an I/O error: not just "missing"
-            raise ModelUnavailableError(
-                f"The model directory '{model.source}' cannot be read: {exc.strerror or exc}."
-            ) from exc
-        if not present:
-            raise ModelUnavailableError(f"The model directory '{model.source}' does not exist or holds no config.json.")
-        return model.directory
-    path = cached_path(model.source)
-    if path is None:
-        raise ModelNotDownloadedError(model.id)
-    return path
 
 
 @dataclass
@@ -421,8 +399,3 @@ class ModelRegistry:
             backend, slot.backend = slot.backend, None
             if backend is not None:
                 backend.unload()
-
-
-def already_loaded(name: str) -> VoxtralError:
-    """The 409 of `POST /api/ps/{id}` for a model that is loaded (speaches' convention)."""
-    return ModelConflictError(f"The model '{name}' is already loaded.", param="model", code="model_already_loaded")

@@ -27,7 +27,15 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from ..errors import HubUnreachableError, ModelDownloadError, StorageFullError, VoxtralError
+from ..errors import (
+    HubUnreachableError,
+    ModelDownloadError,
+    ModelNotDownloadedError,
+    ModelUnavailableError,
+    StorageFullError,
+    VoxtralError,
+)
+from .catalog import ServedModel
 
 logger = logging.getLogger(__name__)
 
@@ -194,6 +202,27 @@ def hub_unreachable(repo_id: str, reason: str) -> HubUnreachableError:
         f"{repo_id} --local-dir <dir>`), copy the directory here and set VOXTRAL_MODEL (or VOXTRAL_MODELS) to "
         'it; to try the server without a download, use the tiny test model (README, "Without network access").'
     )
+
+
+def locate(model: ServedModel) -> Path:
+    """The checkpoint directory of a served model, without any network: a local directory with a config.json,
+    or the hub snapshot complete in the cache. ModelUnavailableError for a local directory that is missing or
+    unreadable; ModelNotDownloadedError for a hub model not in the cache."""
+    if model.is_local:
+        config = model.directory / "config.json"
+        try:
+            present = config.is_file()
+        except OSError as exc:  # permission denied, a name too long, an I/O error: not just "missing"
+            raise ModelUnavailableError(
+                f"The model directory '{model.source}' cannot be read: {exc.strerror or exc}."
+            ) from exc
+        if not present:
+            raise ModelUnavailableError(f"The model directory '{model.source}' does not exist or holds no config.json.")
+        return model.directory
+    path = cached_path(model.source)
+    if path is None:
+        raise ModelNotDownloadedError(model.id)
+    return path
 
 
 def cached_path(repo_id: str) -> Path | None:
