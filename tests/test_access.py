@@ -58,7 +58,7 @@ def assert_envelope(response: httpx.Response, status: int, code: str) -> dict[st
 
 def test_sdk_with_the_right_key_works(keyed_url: str) -> None:
     client = OpenAI(base_url=f"{keyed_url}/v1", api_key=KEY, max_retries=0, timeout=120)
-    assert [m.id for m in client.models.list()] == ["voxtral-tiny"]
+    assert client.models.list().data[0].id == "voxtral-tiny"
     with (FIXTURES / "speech.wav").open("rb") as audio:
         transcript = client.audio.transcriptions.create(model="voxtral-tiny", file=audio)
     assert isinstance(transcript.text, str)

@@ -244,7 +244,7 @@ def test_offline_mode_says_so_and_touches_no_network(mirror: HubMirror, tmp_path
 @pytest.mark.parametrize(
     ("body", "status", "code", "param"),
     [
-        ({"model_name": "whisper-1"}, 404, "model_not_found", "model"),
+        ({"model_name": "no-such-model"}, 404, "model_not_found", "model"),
         ({"model_name": REPO, "model": "other"}, 400, "invalid_value", "model"),
         ({"model_name": REPO, "insecure": True}, 400, "unknown_parameter", "insecure"),
         ({"model_name": ""}, 400, "invalid_value", "model_name"),

@@ -20,14 +20,15 @@ MODEL = "voxtral-tiny"
 
 def test_models_list_and_retrieve_through_the_sdk(client: OpenAI, base_url: str) -> None:
     models = client.models.list()
-    assert [m.id for m in models.data] == [MODEL]
+    assert [m.id for m in models.data] == [MODEL, "whisper-1", "gpt-4o-transcribe", "gpt-4o-mini-transcribe"]
     model = models.data[0]
     assert model.object == "model" and model.owned_by == "local" and isinstance(model.created, int)
     raw = httpx.get(f"{base_url}/v1/models").json()
     assert raw["object"] == "list"
     assert raw["data"][0]["downloaded"] is True
     assert client.models.retrieve(MODEL).id == MODEL
-    assert client.models.retrieve("whisper-1").id == MODEL
+    assert client.models.retrieve("whisper-1").id == "whisper-1"
+    assert httpx.get(f"{base_url}/v1/models/whisper-1").json()["alias_of"] == MODEL
     with pytest.raises(openai.NotFoundError):
         client.models.retrieve("mistralai/Voxtral-Small-24B-2507")
 
@@ -36,6 +37,8 @@ def test_health_reports_model_state(base_url: str, client: OpenAI) -> None:
     with open(FIXTURES / "speech.wav", "rb") as f:
         client.audio.transcriptions.create(model=MODEL, file=f)
     health = httpx.get(f"{base_url}/health").json()
+    memory = (health.pop("memory_total_bytes"), health.pop("memory_available_bytes"))
+    loaded = health.pop("loaded_models")
     assert health == {
         "status": "healthy",
         "model": MODEL,
@@ -45,6 +48,8 @@ def test_health_reports_model_state(base_url: str, client: OpenAI) -> None:
         "device": "cpu",
         "max_audio_minutes": 180.0,
     }
+    assert memory[0] >= memory[1] > 0
+    assert [m["id"] for m in loaded] == [MODEL] and loaded[0]["device"] == "cpu" and loaded[0]["memory_bytes"] > 0
     assert httpx.get(f"{base_url}/v1/models").json()["data"][0]["loaded"] is True
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Literal
 
 from pydantic import Field, SecretStr, field_validator
@@ -35,6 +34,25 @@ class Settings(BaseSettings):
         description="Comma-separated `alias=model` pairs adding names (or overriding the built-in ones: whisper-1, "
         "gpt-4o-transcribe, gpt-4o-mini-transcribe mean the default model; voxtral-mini, voxtral-small the hub "
         "ids); a bare name is an alias of the default model.",
+    )
+    auto_download: bool = Field(
+        False,
+        description="Download a served hub model that is not in the cache when a request needs it (the request "
+        "waits for the download). Off: such a request gets a 404 `model_not_downloaded` at once, and only "
+        "`POST /v1/models/pull` downloads.",
+    )
+    model_ttl: float = Field(
+        300.0,
+        ge=-1,
+        description="Seconds a loaded model may stay idle (no request using it) before it is unloaded; -1: never, "
+        "0: right after each request.",
+    )
+    models_memory_gb: float = Field(
+        0.0,
+        ge=0,
+        description="GiB that the weights of all loaded models may take together (estimated from the safetensors "
+        "headers and the dtype); idle models are unloaded, least recently used first, to make room for another, "
+        "else loading it is a 503. 0: auto, the memory free on the device.",
     )
     host: str = Field("127.0.0.1", description="Interface to listen on.")
     port: int = Field(11344, ge=1, le=65535, description="TCP port to listen on.")
@@ -139,31 +157,6 @@ class Settings(BaseSettings):
     @classmethod
     def _empty_is_unset(cls, value: object) -> object:
         return None if isinstance(value, str) and not value.strip() else value
-
-    @property
-    def model_is_local(self) -> bool:
-        """True when VOXTRAL_MODEL names a directory rather than a hub id."""
-        if self.model.startswith(("/", ".", "~")):
-            return True
-        try:
-            return Path(self.model).expanduser().is_dir()
-        except OSError:  # a path that cannot be inspected (a name too long, no permission) is still a path
-            return True
-
-    @property
-    def model_name(self) -> str:
-        """The name clients use for the served model."""
-        if self.served_model_name:
-            return self.served_model_name
-        if self.model_is_local:
-            return Path(self.model).expanduser().resolve().name
-        return self.model
-
-    @property
-    def accepted_model_names(self) -> frozenset[str]:
-        """Every `model` value a request may carry."""
-        aliases = {a.strip() for a in self.model_aliases.split(",") if a.strip()}
-        return frozenset({self.model_name, self.model, *aliases})
 
     @property
     def max_upload_bytes(self) -> int:

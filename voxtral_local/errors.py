@@ -42,6 +42,7 @@ class ErrorKind(Enum):
     PAYLOAD_TOO_LARGE = "payload_too_large"
     MODEL_NOT_FOUND = "model_not_found"
     MODEL_UNAVAILABLE = "model_unavailable"
+    CONFLICT = "conflict"
     DOWNLOAD_FAILED = "download_failed"
     STORAGE_FULL = "storage_full"
     CLIENT_GONE = "client_gone"
@@ -166,6 +167,34 @@ class UndecodableOutputError(ModelUnavailableError):
         )
 
 
+class InsufficientMemoryError(ModelUnavailableError):
+    """Loading the model would take more memory than is free (or than VOXTRAL_MODELS_MEMORY_GB leaves), even
+    after unloading the idle models: a 503 saying how much it needs and how much is free."""
+
+    code = "insufficient_memory"
+
+
+class ModelNotLoadedError(VoxtralError):
+    """`DELETE /api/ps/{id}` for a served model that is not loaded."""
+
+    kind = ErrorKind.MODEL_NOT_FOUND
+    code = "model_not_loaded"
+
+    def __init__(self, model: str) -> None:
+        super().__init__(
+            f"The model {quote(model)} is not loaded (GET /api/ps lists the loaded models).", param="model"
+        )
+
+
+class ModelConflictError(VoxtralError):
+    """The model is not in a state that allows the request: already loaded (`POST /api/ps/{id}`, code
+    `model_already_loaded` as speaches answers), a local directory or a pull in progress (`DELETE
+    /v1/models/{id}`). A 409."""
+
+    kind = ErrorKind.CONFLICT
+    code = "conflict"
+
+
 class ModelDownloadError(VoxtralError):
     """Pulling the model from the hub failed (no such repository, no network, a dropped connection)."""
 
@@ -178,6 +207,12 @@ class StorageFullError(ModelDownloadError):
 
     kind = ErrorKind.STORAGE_FULL
     code = "insufficient_storage"
+
+
+class HubUnreachableError(ModelDownloadError):
+    """The Hugging Face Hub (or the mirror HF_ENDPOINT names) did not answer within a few seconds."""
+
+    code = "hub_unreachable"
 
 
 class GenerationCancelledError(VoxtralError):

@@ -16,10 +16,9 @@ from ..config import Settings
 from ..errors import VoxtralError
 from ..models.catalog import ModelCatalog, ServedModel
 from ..models.registry import ModelRegistry, locate
-from ..models.store import ModelDownloader
 from ..services.chat import ChatService
 from ..services.transcription import TranscriptionService
-from . import routes_audio, routes_chat, routes_models, routes_pull
+from . import routes_audio, routes_chat, routes_models, routes_ps, routes_pull
 from .access import install_access_control
 from .admission import Admission, AdmissionControl
 from .body_limit import BodySizeLimit
@@ -58,7 +57,7 @@ def create_app(settings: Settings, backends: Mapping[str, ModelBackend] | None =
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         app.state.settings = settings
         models = app.state.models = model_registry(settings, backends)
-        app.state.downloader = ModelDownloader(settings.model)
+        models.start()  # the idle unload (VOXTRAL_MODEL_TTL)
         app.state.transcription = TranscriptionService(settings, models)
         app.state.chat = ChatService(settings, models, app.state.transcription)
         for model_id in backends or {}:
@@ -66,11 +65,12 @@ def create_app(settings: Settings, backends: Mapping[str, ModelBackend] | None =
         if settings.preload:
             try:
                 await run_in_worker(_load, models, models.catalog.default.id)
-            except VoxtralError as exc:
+            except VoxtralError as exc:  # not downloaded, missing, unloadable, too big: said once, not fatal
                 logger.error("preload failed; requests will get an error until it loads: %s", exc.message)
         admission.models = models
         yield
         inflight.stop_all()  # nothing should be left by now; whatever is (a forced exit) stops with the backends
+        models.close()
 
     app = FastAPI(title="voxtral-local", version=__version__, lifespan=lifespan)
     install_error_handlers(app)
@@ -87,6 +87,7 @@ def create_app(settings: Settings, backends: Mapping[str, ModelBackend] | None =
     app.include_router(routes_chat.router)
     app.include_router(routes_models.router)
     app.include_router(routes_pull.router)
+    app.include_router(routes_ps.router)
     return app
 
 

@@ -11,7 +11,6 @@ from fastapi import Depends, Request
 
 from ..config import Settings
 from ..models.registry import ModelRegistry
-from ..models.store import ModelDownloader
 from ..services.chat import ChatService
 from ..services.transcription import TranscriptionService
 
@@ -24,10 +23,6 @@ async def get_models(request: Request) -> ModelRegistry:
     return request.app.state.models
 
 
-async def get_downloader(request: Request) -> ModelDownloader:
-    return request.app.state.downloader
-
-
 async def get_transcription_service(request: Request) -> TranscriptionService:
     return request.app.state.transcription
 
@@ -38,6 +33,5 @@ async def get_chat_service(request: Request) -> ChatService:
 
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 ModelsDep = Annotated[ModelRegistry, Depends(get_models)]
-DownloaderDep = Annotated[ModelDownloader, Depends(get_downloader)]
 TranscriptionServiceDep = Annotated[TranscriptionService, Depends(get_transcription_service)]
 ChatServiceDep = Annotated[ChatService, Depends(get_chat_service)]

@@ -21,6 +21,7 @@ STATUS: dict[ErrorKind, tuple[int, str]] = {
     ErrorKind.PAYLOAD_TOO_LARGE: (413, "invalid_request_error"),
     ErrorKind.MODEL_NOT_FOUND: (404, "invalid_request_error"),
     ErrorKind.MODEL_UNAVAILABLE: (503, "server_error"),
+    ErrorKind.CONFLICT: (409, "invalid_request_error"),
     ErrorKind.DOWNLOAD_FAILED: (502, "server_error"),  # the hub (or the way to it) failed
     ErrorKind.STORAGE_FULL: (507, "server_error"),
     ErrorKind.CLIENT_GONE: (499, "invalid_request_error"),  # nginx's "client closed request"; never seen

@@ -20,6 +20,7 @@ ERROR_DESCRIPTIONS: dict[int, str] = {
     404: "The model (or route) does not exist on this server.",
     405: "The method is not allowed on this path.",
     408: "The request body did not arrive in time.",
+    409: "The model is not in a state that allows this (already loaded, a local directory, a pull running).",
     413: "The request body is larger than VOXTRAL_MAX_UPLOAD_MB.",
     415: "The body's content type is not the one this endpoint takes.",
     429: "The server is at capacity (VOXTRAL_MAX_QUEUE); retry after the `Retry-After` header's seconds.",

@@ -1,72 +1,104 @@
-"""`GET /v1/models`, `GET /v1/models/{id}` and `GET /health`."""
+"""`GET /v1/models`, `GET /v1/models/{id}`, `DELETE /v1/models/{id}` and `GET /health`."""
 
 from __future__ import annotations
 
-import contextlib
-from pathlib import Path
+import time
 
 from fastapi import APIRouter
 from starlette.exceptions import HTTPException
 
-from ..config import Settings
-from ..errors import ModelNotFoundError, VoxtralError
-from ..models.registry import ModelRegistry, locate
-from ..protocol import Health, Model, ModelList
-from .deps import ModelsDep, SettingsDep
+from ..models.catalog import ServedModel
+from ..models.registry import ModelRegistry, Slot
+from ..protocol import Health, Model, ModelDeleted, ModelList, RunningModel
+from .deps import ModelsDep
 from .openapi import COMMON_ERRORS, error_responses
+from .workers import run_in_worker
 
 router = APIRouter()
 
 
-def _default_state(models: ModelRegistry) -> tuple[bool, bool, str | None]:
-    """Whether the default model is downloaded and loaded, and why it cannot be served (if known)."""
-    slot = models.slot(models.catalog.default.id)
-    try:
-        locate(slot.model)
-    except VoxtralError as exc:
-        return False, False, exc.message
-    return True, slot.backend is not None, None if slot.backend is not None else slot.load_error
+def describe_model(models: ModelRegistry, model: ServedModel, alias: str | None = None) -> Model:
+    """A served model (or an alias of it, which says what it means) as an OpenAI model object, with what is
+    on disk (read from the cache or the directory, no network) and whether it is loaded."""
+    state = models.state(model.id)
+    return Model(
+        id=alias or model.id,
+        created=state.created,
+        owned_by=model.owned_by,
+        alias_of=model.id if alias else None,
+        downloaded=state.downloaded,
+        loaded=models.slot(model.id).backend is not None,
+        size_bytes=state.size_bytes,
+        memory_bytes=state.memory_bytes,
+    )
 
 
-def describe_model(settings: Settings, models: ModelRegistry) -> Model:
-    """The served model as an OpenAI model object, with its download and load state."""
-    downloaded, loaded, _ = _default_state(models)
-    created = 0
-    if downloaded and settings.model_is_local:
-        with contextlib.suppress(OSError):  # unreadable since `is_downloaded` looked: no date, not a 500
-            created = int((Path(settings.model).expanduser() / "config.json").stat().st_mtime)
-    owner = settings.model.split("/", 1)[0] if not settings.model_is_local and "/" in settings.model else "local"
-    return Model(id=settings.model_name, created=created, owned_by=owner, downloaded=downloaded, loaded=loaded)
+def list_all(models: ModelRegistry) -> ModelList:
+    """Every served model, then every alias."""
+    catalog = models.catalog
+    data = [describe_model(models, model) for model in catalog.models.values()]
+    data += [describe_model(models, catalog.models[target], alias) for alias, target in catalog.aliases.items()]
+    return ModelList(data=data)
+
+
+def running_model(models: ModelRegistry, slot: Slot) -> RunningModel:
+    """A loaded model as `GET /api/ps` and `/health` list it."""
+    device, dtype = models.runtime()
+    return RunningModel(
+        id=slot.model.id,
+        device=str(device),
+        dtype=str(dtype).removeprefix("torch."),
+        memory_bytes=slot.memory_bytes,
+        requests_in_flight=slot.users,
+        idle_seconds=0.0 if slot.users else round(max(0.0, time.monotonic() - slot.last_used), 3),
+        expires_in=models.expires_in(slot),
+    )
 
 
 @router.get("/v1/models", responses=error_responses(*COMMON_ERRORS))
-async def list_models(settings: SettingsDep, models: ModelsDep) -> ModelList:
-    """The models this server serves."""
-    return ModelList(data=[describe_model(settings, models)])
+async def list_models(models: ModelsDep) -> ModelList:
+    """The models this server serves and their aliases (an alias has `alias_of`), each with `downloaded`,
+    `loaded`, its size on disk and the memory its weights need."""
+    return await run_in_worker(list_all, models)
 
 
 @router.get("/v1/models/{model_id:path}", responses=error_responses(404, 405, *COMMON_ERRORS))
-async def retrieve_model(model_id: str, settings: SettingsDep, models: ModelsDep) -> Model:
-    """One model by id (or alias); 404 for any other name, and 405 for `pull` (which this path would
-    otherwise take for a model's name)."""
-    if model_id == "pull" and model_id not in settings.accepted_model_names:
+async def retrieve_model(model_id: str, models: ModelsDep) -> Model:
+    """One model by id or alias; 404 for any other name, and 405 for `pull` (which this path would otherwise
+    take for a model's name)."""
+    if model_id == "pull" and model_id not in models.catalog.names():
         raise HTTPException(405, "Method Not Allowed", headers={"Allow": "POST"})
-    if model_id not in settings.accepted_model_names:
-        raise ModelNotFoundError(model_id, [settings.model_name])
-    return describe_model(settings, models)
+    model = models.resolve(model_id)
+    alias = model_id if model_id in models.catalog.aliases else None
+    return await run_in_worker(describe_model, models, model, alias)
+
+
+@router.delete("/v1/models/{model_id:path}", responses=error_responses(404, 409, *COMMON_ERRORS))
+async def delete_model(model_id: str, models: ModelsDep) -> ModelDeleted:
+    """Remove a downloaded hub model's files from the Hugging Face cache, unloading it first (requests using it
+    finish before). 404 for an unknown model or one not downloaded; 409 for a local directory (never
+    deleted) or a model being pulled."""
+    model = models.resolve(model_id)
+    await run_in_worker(models.delete, model.id)
+    return ModelDeleted(id=model.id, deleted=True)
 
 
 @router.get("/health", responses=error_responses(403))
-async def health(settings: SettingsDep, models: ModelsDep) -> Health:
-    """Liveness plus model state, in the shape lotti's local services report; always 200 while the server
-    runs, the model's problem (if any) in `model_error`."""
-    downloaded, loaded, error = _default_state(models)
-    device = next((b.status().device for _, b in models.loaded()), settings.device)
+async def health(models: ModelsDep) -> Health:
+    """Liveness plus model state: lotti's fields about the default model, the device and its memory, the
+    loaded models. Always 200 while the server runs, the default model's problem (if any) in `model_error`."""
+    default = models.catalog.default
+    slot = models.slot(default.id)
+    state = models.state(default.id)
+    memory = models.memory()
     return Health(
-        model=settings.model_name,
-        model_available=downloaded,
-        model_loaded=loaded,
-        model_error=error,
-        device=device,
-        max_audio_minutes=settings.max_audio_minutes,
+        model=default.id,
+        model_available=state.downloaded,
+        model_loaded=slot.backend is not None,
+        model_error=None if slot.backend is not None else state.problem or slot.load_error,
+        device=models.device_name(),
+        memory_total_bytes=memory.total,
+        memory_available_bytes=memory.available,
+        loaded_models=[running_model(models, s) for s, _ in models.loaded()],
+        max_audio_minutes=models.settings.max_audio_minutes,
     )

@@ -1,24 +1,22 @@
-"""`POST /v1/models/pull`: download the served model into the Hugging Face cache, with progress as SSE."""
+"""`POST /v1/models/pull`: download a served hub model into the Hugging Face cache, with progress as SSE."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Literal
 
 from fastapi import APIRouter, Request
 from fastapi.responses import StreamingResponse
 
-from ..config import Settings
 from ..errors import InvalidRequestError, ModelUnavailableError, quote
-from ..models.registry import ModelRegistry, locate
+from ..models.catalog import ServedModel
+from ..models.registry import ModelRegistry
 from ..models.store import Download, PullProgress
 from ..protocol import ModelPullRequest, ModelPullStatus
 from . import sse
-from .deps import DownloaderDep, ModelsDep, SettingsDep
-from .forms import served_model
+from .deps import ModelsDep
 from .json_body import openapi_body, read_json
 from .openapi import COMMON_ERRORS, error_responses
 
@@ -38,21 +36,21 @@ router = APIRouter()
     },
     openapi_extra=openapi_body(ModelPullRequest, required=False),
 )
-async def pull_model(
-    request: Request, settings: SettingsDep, models: ModelsDep, downloader: DownloaderDep
-) -> ModelPullStatus | StreamingResponse:
-    """Download the served model (a hub id) unless it is complete; a pull that arrives while one runs joins
-    it. With `stream` (the default) the progress comes as server-sent events, else the outcome when done.
-    The optional JSON body (a `ModelPullRequest`) is parsed in a worker thread, as chat bodies are."""
+async def pull_model(request: Request, models: ModelsDep) -> ModelPullStatus | StreamingResponse:
+    """Download the served hub model the body names (`model` or `model_name`: an id or alias; default: the
+    default model) unless it is complete; a pull of a model being pulled joins that download, and pulls of
+    different models run side by side. With `stream` (the default) the progress comes as server-sent events,
+    else the outcome when done. A local directory has nothing to pull: its success status at once (one event
+    then `[DONE]` when streaming). The optional JSON body (a `ModelPullRequest`) is parsed in a worker thread,
+    as chat bodies are."""
     params = await read_json(request, ModelPullRequest, default=ModelPullRequest())
-    name = _named_model(params, settings, models)
-    if settings.model_is_local:
-        try:
-            present = locate(models.catalog.default) is not None
-        except ModelUnavailableError:
-            present = False
-        return _local_status(settings, name, present=present)
-    download = downloader.start()
+    model, name = _named_model(params, models)
+    if model.is_local:
+        status = _local_status(models, model, name)
+        if params.stream:
+            return StreamingResponse(_one_event(status), media_type="text/event-stream", headers=sse.STREAM_HEADERS)
+        return status
+    download = models.store.start(model.source)
     if params.stream:
         return StreamingResponse(_events(download, name), media_type="text/event-stream", headers=sse.STREAM_HEADERS)
     async for _ in watch(download):
@@ -90,27 +88,33 @@ async def _events(download: Download, name: str) -> AsyncIterator[str]:
     yield sse.DONE
 
 
-def _named_model(params: ModelPullRequest, settings: Settings, models: ModelRegistry) -> str:
-    """The model the request names (default: the served one); 404 for one this server does not serve."""
+async def _one_event(status: ModelPullStatus) -> AsyncIterator[str]:
+    yield sse.event(status)
+    yield sse.DONE
+
+
+def _named_model(params: ModelPullRequest, models: ModelRegistry) -> tuple[ServedModel, str]:
+    """The served model the request names and the name it used (default: the default model's id); 404 for
+    a name this server does not serve."""
     if params.model_name and params.model and params.model_name != params.model:
         raise InvalidRequestError(
             f"'model_name' ({quote(params.model_name)}) and 'model' ({quote(params.model)}) name different models.",
             param="model",
         )
-    name = params.model_name or params.model or settings.model_name
-    served_model(models, name)
-    return name
+    name = params.model_name or params.model or models.catalog.default.id
+    return models.resolve(name), name
 
 
-def _local_status(settings: Settings, name: str, *, present: bool) -> ModelPullStatus:
+def _local_status(models: ModelRegistry, model: ServedModel, name: str) -> ModelPullStatus:
     """A checkpoint directory has nothing to pull: it is there (success) or it is not (503, with what to do)."""
-    if not present:
+    state = models.state(model.id)
+    if not state.downloaded:
         raise ModelUnavailableError(
-            f"The model directory '{settings.model}' does not exist or holds no config.json. A local directory "
+            f"The model directory '{model.source}' does not exist or holds no config.json. A local directory "
             "is not pulled: copy the checkpoint there (for example with `hf download <repo> --local-dir "
-            f"{settings.model}`), or set VOXTRAL_MODEL to a hub id to pull it."
+            f"{model.source}`), or serve a hub id (VOXTRAL_MODEL, VOXTRAL_MODELS) to pull it."
         )
-    files = sum(1 for path in Path(settings.model).expanduser().iterdir() if path.is_file())
+    files = sum(1 for path in model.directory.iterdir() if path.is_file())
     return _status("success", name, PullProgress(files_completed=files, files_total=files))
 
 

@@ -38,13 +38,13 @@ def run_server(settings: Settings) -> None:
 def startup_line(settings: Settings) -> str:
     """One line: the model(s), device and dtype (resolved from `auto`), address, and the limits."""
     from ..backends.transformers.runtime import resolve_device, resolve_dtype
+    from ..models.catalog import ModelCatalog
 
-    models = f"model {settings.model}"
-    if settings.model_name != settings.model:
-        models += f" (served as {settings.model_name})"
-    extra = getattr(settings, "models", None)  # VOXTRAL_MODELS, where that setting exists
-    if extra:
-        models += f", more models: {extra}"
+    catalog = ModelCatalog(settings)
+    served = [f"{m.id}" + ("" if m.id == m.source else f" ({m.source})") for m in catalog.models.values()]
+    models = f"models {', '.join(served)} (default {catalog.default.id})"
+    ttl = {-1: "never", 0: "after each request"}.get(int(settings.model_ttl), f"after {settings.model_ttl:g} s idle")
+    models += f", unload {ttl}"
     try:
         device = resolve_device(settings.device)
         where = f"device {device}, dtype {str(resolve_dtype(settings.dtype, device)).removeprefix('torch.')}"

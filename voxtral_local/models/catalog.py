@@ -62,6 +62,7 @@ class ModelCatalog:
     and is not built in."""
 
     def __init__(self, settings: Settings) -> None:
+        self.settings = settings
         sources = [settings.model, *(s.strip() for s in settings.models.split(",") if s.strip())]
         self.models: dict[str, ServedModel] = {}
         self._sources: dict[str, str] = {}  # the configured source strings, also accepted as names

@@ -1,9 +1,18 @@
-"""The served models' lifecycle: which are loaded, loading each once on first use, unloading on demand.
+"""The served models' lifecycle: which are loaded, loading each once on first use, unloading on demand, when
+idle (`VOXTRAL_MODEL_TTL`) or to make room for another (`VOXTRAL_MODELS_MEMORY_GB`).
 
 Requests hold a model while they use it (`ModelRegistry.use`); an unload waits until no request holds it, and
 requests that arrive meanwhile wait for the unload to end and then load the model again. Loading or unloading
 one model never blocks requests to another: each model has its own load lock, and the registry's lock is held
-only to count users.
+only to count users and memory.
+
+Before a load, the weights' memory is estimated from the safetensors headers (`models.memory`) and compared
+with what is free: the device's free memory, or what `VOXTRAL_MODELS_MEMORY_GB` leaves beside the loaded
+models. Idle loaded models are unloaded, least recently used first, to make room; a model in use never is.
+When even that is not enough, the load fails with `InsufficientMemoryError` (503) and nothing is unloaded.
+
+A hub model not in the cache is never downloaded inside a request unless `VOXTRAL_AUTO_DOWNLOAD` is on:
+`store.locate` answers `ModelNotDownloadedError` (404) from the cache alone.
 """
 
 from __future__ import annotations
@@ -16,36 +25,26 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
+
 from ..backends.base import ModelBackend
-from ..errors import ModelNotDownloadedError, ModelUnavailableError
+from ..backends.transformers.runtime import resolve_device, resolve_dtype
+from ..errors import (
+    InsufficientMemoryError,
+    ModelConflictError,
+    ModelNotDownloadedError,
+    ModelNotLoadedError,
+    ModelUnavailableError,
+)
 from .catalog import ModelCatalog, ServedModel
-from .store import cached_path
+from .memory import DeviceMemory, device_memory, disk_bytes, gib, return_freed_memory, weights_bytes
+from .store import ModelStore, cached_path, locate
 
 logger = logging.getLogger(__name__)
 
+GIB = 1024**3
 # Builds the backend for a served model from its checkpoint directory (not yet loaded).
 BackendFactory = Callable[[ServedModel, Path], ModelBackend]
-
-
-def locate(model: ServedModel) -> Path:
-    """The checkpoint directory of a served model, without any network: a local directory with a config.json,
-    or the hub snapshot complete in the cache. ModelUnavailableError for a local directory that is missing or
-    unreadable; ModelNotDownloadedError for a hub model not in the cache."""
-    if model.is_local:
-        config = model.directory / "config.json"
-        try:
-            present = config.is_file()
-        except OSError as exc:  # permission denied, a name too long, an I/O error: not just "missing"
-            raise ModelUnavailableError(
-                f"The model directory '{model.source}' cannot be read: {exc.strerror or exc}."
-            ) from exc
-        if not present:
-            raise ModelUnavailableError(f"The model directory '{model.source}' does not exist or holds no config.json.")
-        return model.directory
-    path = cached_path(model.source)
-    if path is None:
-        raise ModelNotDownloadedError(model.id)
-    return path
 
 
 @dataclass
@@ -55,25 +54,58 @@ class Slot:
     model: ServedModel
     backend: ModelBackend | None = None
     users: int = 0  # requests holding the model now
-    unloading: bool = False
-    last_used: float = 0.0  # time.monotonic() when the last user let go
+    unloading: bool = False  # an unload (or a deletion) is under way: new users wait
+    last_used: float = 0.0  # time.monotonic() when it loaded or the last user let go
     load_error: str | None = None  # why the last load failed
+    memory_bytes: int = 0  # the estimated weights of the loaded model
+    reserved: int = 0  # the estimate while it loads
 
     def __post_init__(self) -> None:
         self.load_lock = threading.Lock()
 
+    @property
+    def idle(self) -> bool:
+        """Loaded, used by no request, and not being unloaded."""
+        return self.backend is not None and self.users == 0 and not self.unloading
+
+
+@dataclass(frozen=True)
+class ModelState:
+    """What is on disk for a served model: whether it is there, its size, the memory its weights need (bytes),
+    when it was written (Unix time), and why it cannot be used when that is known."""
+
+    downloaded: bool
+    size_bytes: int | None = None
+    memory_bytes: int | None = None
+    created: int = 0
+    problem: str | None = None
+
 
 class ModelRegistry:
-    """Loads served models on first use, once, and unloads them on demand."""
+    """Loads served models on first use, once, and unloads them on demand, when idle, or to make room.
+
+    `start` starts the idle reaper (a daemon thread; none with VOXTRAL_MODEL_TTL=-1), `close` stops it and
+    unloads every model."""
 
     def __init__(
-        self, catalog: ModelCatalog, factory: BackendFactory, locate: Callable[[ServedModel], Path] = locate
+        self,
+        catalog: ModelCatalog,
+        factory: BackendFactory,
+        locate: Callable[[ServedModel], Path] = locate,
+        store: ModelStore | None = None,
     ) -> None:
         self.catalog = catalog
-        self._factory = factory
+        self.settings = catalog.settings
+        self.factory = factory
+        self.store = store or ModelStore()
         self._locate = locate
         self._slots = {model_id: Slot(model) for model_id, model in catalog.models.items()}
         self._cond = threading.Condition()
+        self._closing = False
+        self._reaper: threading.Thread | None = None
+        self._runtime: tuple[torch.device, torch.dtype] | None = None
+
+    # ---- names and state --------------------------------------------------------------------------------
 
     def resolve(self, name: str) -> ServedModel:
         """The served model `name` means (id, alias or configured source); ModelNotFoundError otherwise."""
@@ -83,29 +115,88 @@ class ModelRegistry:
         """The state of a served model (by id)."""
         return self._slots[model_id]
 
+    def loaded(self) -> list[tuple[Slot, ModelBackend]]:
+        """The loaded models with their backends, in the catalog's order."""
+        return [(slot, slot.backend) for slot in self._slots.values() if slot.backend is not None]
+
+    def runtime(self) -> tuple[torch.device, torch.dtype]:
+        """The device the models run on and the dtype their weights load in (VOXTRAL_DEVICE, VOXTRAL_DTYPE);
+        the CPU and float32 when the device asked for is missing (loading then fails and says why)."""
+        if self._runtime is None:
+            try:
+                device = resolve_device(self.settings.device)
+            except RuntimeError:
+                device = torch.device("cpu")
+            self._runtime = (device, resolve_dtype(self.settings.dtype, device))
+        return self._runtime
+
+    def device_name(self) -> str:
+        """The device the models run on, as `str(torch.device)`; the setting when that device is missing."""
+        try:
+            return str(resolve_device(self.settings.device))
+        except RuntimeError:
+            return self.settings.device
+
+    def memory(self) -> DeviceMemory:
+        """The device's total and available memory in bytes (None where unknown)."""
+        return device_memory(self.runtime()[0])
+
+    def state(self, model_id: str) -> ModelState:
+        """What is on disk for the served model `model_id`, without network: downloaded or not, bytes on disk
+        (files followed to the cache's blobs), the memory its weights need, its config.json's time."""
+        try:
+            path = self._locate(self._slots[model_id].model)
+        except ModelNotDownloadedError:
+            return ModelState(False)
+        except ModelUnavailableError as exc:
+            return ModelState(False, problem=exc.message)
+        try:
+            created = int((path / "config.json").stat().st_mtime)
+        except OSError:  # unreadable since `locate` looked: no date, not a failure
+            created = 0
+        return ModelState(True, disk_bytes(path), weights_bytes(path, self.runtime()[1]), created)
+
+    def expires_in(self, slot: Slot) -> float | None:
+        """Seconds until the idle unload of a loaded model (VOXTRAL_MODEL_TTL, counted from when its last user
+        let go); None when it never expires, and the full TTL while a request uses it."""
+        ttl = self.settings.model_ttl
+        if ttl < 0:
+            return None
+        if slot.users:
+            return ttl
+        return max(0.0, slot.last_used + ttl - time.monotonic())
+
+    # ---- using, loading, unloading ----------------------------------------------------------------------
+
     @contextmanager
     def use(self, name: str) -> Iterator[ModelBackend]:
         """The model `name` means, loaded (loading it first if needed) and held until the block ends: it is not
-        unloaded meanwhile. Raises ModelNotFoundError, ModelNotDownloadedError or ModelUnavailableError."""
+        unloaded meanwhile. Raises ModelNotFoundError, ModelNotDownloadedError, ModelUnavailableError (also
+        InsufficientMemoryError), and with VOXTRAL_AUTO_DOWNLOAD the download's ModelDownloadError."""
         slot = self._slots[self.resolve(name).id]
+        with self._held(slot):
+            yield self._ensure_loaded(slot)
+
+    def load(self, name: str) -> bool:
+        """Load the model `name` means unless it is loaded; whether this call loaded it (of many calls at once,
+        one loads it and the others find it loaded)."""
+        slot = self._slots[self.resolve(name).id]
+        with self._held(slot):
+            return self._load_slot(slot)
+
+    @contextmanager
+    def _held(self, slot: Slot) -> Iterator[Slot]:
+        """Count a user of `slot` for the block (after any unload under way has ended)."""
         with self._cond:
             self._cond.wait_for(lambda: not slot.unloading)
             slot.users += 1
         try:
-            yield self._ensure_loaded(slot)
+            yield slot
         finally:
             with self._cond:
                 slot.users -= 1
                 slot.last_used = time.monotonic()
                 self._cond.notify_all()
-
-    def load(self, name: str) -> bool:
-        """Load the model `name` means unless it is loaded; whether this call loaded it."""
-        slot = self._slots[self.resolve(name).id]
-        was_loaded = slot.backend is not None
-        with self.use(name):
-            pass
-        return not was_loaded
 
     def unload(self, name: str) -> bool:
         """Unload the model `name` means once no request holds it (requests that arrive meanwhile wait, then
@@ -117,42 +208,194 @@ class ModelRegistry:
                 return False
             slot.unloading = True
             self._cond.wait_for(lambda: slot.users == 0)
+        self._finish_unload(slot, "on request")
+        return True
+
+    def unload_loaded(self, name: str) -> None:
+        """`unload`, but ModelNotLoadedError (404) when the model is not loaded."""
+        if not self.unload(name):
+            raise ModelNotLoadedError(name)
+
+    def delete(self, name: str) -> int:
+        """Delete the hub model `name` means from the cache, unloading it first (once no request holds it);
+        the bytes freed. ModelConflictError for a local directory (never deleted) or while it is being pulled;
+        ModelNotDownloadedError when it is not in the cache."""
+        model = self.resolve(name)
+        if model.is_local:
+            raise ModelConflictError(
+                f"The model '{model.id}' is the local directory '{model.source}'; voxtral-local deletes only "
+                "what it downloaded into the Hugging Face cache. Remove the directory yourself.",
+                param="model",
+                code="model_is_local",
+            )
+        slot = self._slots[model.id]
+        with self._cond:
+            self._cond.wait_for(lambda: not slot.unloading)
+            slot.unloading = True  # new users wait until the files are gone, then find it not downloaded
+            self._cond.wait_for(lambda: slot.users == 0)
         try:
-            with slot.load_lock:
-                backend, slot.backend = slot.backend, None
-                if backend is not None:
-                    backend.unload()
-                    logger.info("unloaded %s", slot.model.id)
+            if self.store.downloading(model.source):
+                raise ModelConflictError(
+                    f"The model '{model.id}' is being pulled; delete it once the pull has ended.",
+                    param="model",
+                    code="model_download_in_progress",
+                )
+            if cached_path(model.source) is None and not self.store.cached_folder(model.source):
+                raise ModelNotDownloadedError(model.id, f"The model '{model.id}' is not downloaded: nothing to delete.")
+            self._drop_backend(slot, "before deleting it")
+            return self.store.delete(model.source)
         finally:
-            with self._cond:
-                slot.unloading = False
-                self._cond.notify_all()
-        return backend is not None
-
-    def loaded(self) -> list[tuple[Slot, ModelBackend]]:
-        """The loaded models with their backends, in the catalog's order."""
-        return [(slot, slot.backend) for slot in self._slots.values() if slot.backend is not None]
-
-    def close(self) -> None:
-        """Unload every model (at shutdown), without waiting for users."""
-        for slot in self._slots.values():
-            backend, slot.backend = slot.backend, None
-            if backend is not None:
-                backend.unload()
+            self._release(slot)
 
     def _ensure_loaded(self, slot: Slot) -> ModelBackend:
         backend = slot.backend
         if backend is not None:
             return backend
+        self._load_slot(slot)
+        assert slot.backend is not None  # a user holds it: nothing unloads it meanwhile
+        return slot.backend
+
+    def _load_slot(self, slot: Slot) -> bool:
+        """Load the slot's model unless it is loaded (the caller holds it as a user); whether this call did."""
         with slot.load_lock:
             if slot.backend is not None:
-                return slot.backend
+                return False
+            need = 0
             try:
-                path = self._locate(slot.model)
-                backend = self._factory(slot.model, path)
-                backend.load()
+                path = self._checkpoint(slot.model)
+                need = weights_bytes(path, self.runtime()[1]) or 0
+                self._make_room(slot, need)
+                try:
+                    backend = self.factory(slot.model, path)
+                    backend.load()
+                finally:
+                    with self._cond:
+                        slot.reserved = 0
             except ModelUnavailableError as exc:
                 slot.load_error = exc.message
                 raise
-            slot.backend, slot.load_error = backend, None
-            return backend
+            with self._cond:
+                slot.backend, slot.load_error, slot.memory_bytes = backend, None, need
+                slot.last_used = time.monotonic()
+                self._cond.notify_all()
+            logger.info("loaded %s (weights about %s)", slot.model.id, gib(need))
+            return True
+
+    def _checkpoint(self, model: ServedModel) -> Path:
+        """`locate`, downloading the model first when it is not in the cache and VOXTRAL_AUTO_DOWNLOAD is on
+        (joining a pull of it already running)."""
+        try:
+            return self._locate(model)
+        except ModelNotDownloadedError:
+            if not self.settings.auto_download or model.is_local:
+                raise
+        logger.info("downloading %s for a request (VOXTRAL_AUTO_DOWNLOAD)", model.id)
+        download = self.store.start(model.source)
+        download.done.wait()
+        if download.error is not None:
+            raise download.error
+        return self._locate(model)
+
+    def _make_room(self, slot: Slot, need: int) -> None:
+        """Reserve `need` bytes for `slot`'s load, unloading idle models (least recently used first) when that
+        makes enough room; InsufficientMemoryError, with nothing unloaded, when it cannot."""
+        cap = int(self.settings.models_memory_gb * GIB)
+        with self._cond:
+            others = [s for s in self._slots.values() if s is not slot]
+            reserved = sum(s.reserved for s in others)
+            if cap:
+                free: int | None = cap - reserved - sum(s.memory_bytes for s in others if s.backend is not None)
+            else:
+                available = self.memory().available
+                free = None if available is None else available - reserved
+            if free is None or need <= free:
+                slot.reserved = need
+                return
+            victims, room = [], free
+            for other in sorted((s for s in others if s.idle), key=lambda s: s.last_used):
+                if room >= need:
+                    break
+                victims.append(other)
+                room += other.memory_bytes
+            if room < need:
+                raise InsufficientMemoryError(self._refusal(slot, need, free, cap, others))
+            for victim in victims:
+                victim.unloading = True
+            slot.reserved = need
+        for victim in victims:
+            self._finish_unload(victim, f"to make room for {slot.model.id}")
+
+    def _refusal(self, slot: Slot, need: int, free: int, cap: int, others: list[Slot]) -> str:
+        where = f"of VOXTRAL_MODELS_MEMORY_GB={self.settings.models_memory_gb:g}" if cap else f"on {self.device_name()}"
+        busy = [f"'{s.model.id}' ({gib(s.memory_bytes)}, {s.users} requests)" for s in others if s.backend and s.users]
+        held = f"; in use, so not unloaded: {', '.join(busy)}" if busy else ""
+        return (
+            f"Not enough memory to load the model '{slot.model.id}': its weights need about {gib(need)}, and "
+            f"{gib(max(0, free))} is free {where}{held}. Try again when those requests have ended, unload a model "
+            "(DELETE /api/ps/{model_id}), or raise VOXTRAL_MODELS_MEMORY_GB."
+        )
+
+    def _finish_unload(self, slot: Slot, why: str) -> None:
+        """Unload a slot marked `unloading` that no request holds, then let waiting users in."""
+        try:
+            self._drop_backend(slot, why)
+        finally:
+            self._release(slot)
+
+    def _drop_backend(self, slot: Slot, why: str) -> None:
+        with slot.load_lock:
+            backend, slot.backend = slot.backend, None
+            if backend is not None:
+                backend.unload()
+                del backend
+                return_freed_memory()
+                logger.info("unloaded %s %s", slot.model.id, why)
+
+    def _release(self, slot: Slot) -> None:
+        with self._cond:
+            slot.unloading = False
+            if slot.backend is None:
+                slot.memory_bytes = 0
+            self._cond.notify_all()
+
+    # ---- the idle reaper --------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Start unloading models idle for VOXTRAL_MODEL_TTL seconds (nothing to start with -1)."""
+        if self.settings.model_ttl < 0 or self._reaper is not None:
+            return
+        self._reaper = threading.Thread(target=self._reap, name="model-reaper", daemon=True)
+        self._reaper.start()
+
+    def _reap(self) -> None:
+        ttl = self.settings.model_ttl
+        while True:
+            with self._cond:
+                while True:
+                    if self._closing:
+                        return
+                    now = time.monotonic()
+                    idle = [s for s in self._slots.values() if s.idle]
+                    victims = [s for s in idle if now - s.last_used >= ttl]
+                    if victims:
+                        for victim in victims:
+                            victim.unloading = True
+                        break
+                    self._cond.wait(min((s.last_used + ttl - now for s in idle), default=None))
+            for victim in victims:
+                try:
+                    self._finish_unload(victim, f"after {ttl:g} s idle")
+                except Exception:  # an unload that fails must not end the reaper
+                    logger.exception("unloading %s failed", victim.model.id)
+
+    def close(self) -> None:
+        """Stop the reaper and unload every model (at shutdown), without waiting for users."""
+        with self._cond:
+            self._closing = True
+            self._cond.notify_all()
+        if self._reaper is not None:
+            self._reaper.join(timeout=10)
+        for slot in self._slots.values():
+            backend, slot.backend = slot.backend, None
+            if backend is not None:
+                backend.unload()

@@ -1,15 +1,23 @@
-"""Download the served checkpoint from the Hugging Face Hub (or the mirror `HF_ENDPOINT` names), once at a time.
+"""The served hub models on this machine: download them from the Hugging Face Hub (or the mirror `HF_ENDPOINT`
+names), find them in the cache without network, and delete them from it.
 
 `huggingface_hub.snapshot_download` does the work: its cache layout, its file locks, resuming of partial
 files, and a check of what is already there, so pulling a complete model again only asks the hub for the
-file list. Progress comes from the byte and file counters it reports through its `tqdm_class`. A pull that
-starts while one is running joins it instead of starting a second.
+file list. Progress comes from the byte and file counters it reports through its `tqdm_class`. One download
+per repository runs at a time: a pull that starts while one of the same repository runs joins it; pulls of
+different repositories run side by side.
+
+huggingface_hub asks the hub without a timeout for the repository's file list, and retries a connection that
+fails: a hub that accepts connections and never answers would hold a pull for minutes. So every download first
+asks the hub for anything, with a timeout of `PROBE_TIMEOUT_S`; no answer fails the pull at once with
+`HubUnreachableError`, which says what to do instead, in one log line.
 """
 
 from __future__ import annotations
 
 import errno
 import logging
+import shutil
 import threading
 import time
 from collections.abc import Callable
@@ -19,7 +27,15 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from ..errors import ModelDownloadError, StorageFullError, VoxtralError
+from ..errors import (
+    HubUnreachableError,
+    ModelDownloadError,
+    ModelNotDownloadedError,
+    ModelUnavailableError,
+    StorageFullError,
+    VoxtralError,
+)
+from .catalog import ServedModel
 
 logger = logging.getLogger(__name__)
 
@@ -28,6 +44,8 @@ logger = logging.getLogger(__name__)
 MISTRAL_FORMAT_FILES = ["consolidated*.safetensors", "consolidated*.pth", "params.json"]
 # Listeners hear at most this often while bytes arrive (the first and the last state always).
 PROGRESS_INTERVAL_S = 0.25
+# How long the hub gets to answer the probe before a download (connect and first byte, each).
+PROBE_TIMEOUT_S = 4.0
 
 
 @dataclass(frozen=True)
@@ -87,12 +105,13 @@ class Download:
         try:
             from huggingface_hub import snapshot_download
 
+            probe_hub(self.repo_id)
             counter = _counter_class(self)
             path = snapshot_download(self.repo_id, ignore_patterns=MISTRAL_FORMAT_FILES, tqdm_class=counter)
             logger.info("pulled %s into %s", self.repo_id, path)
         except Exception as exc:  # every failure is reported to the pullers, with the reason
-            logger.warning("pulling %s failed: %s", self.repo_id, exc)
-            self.error = download_error(self.repo_id, exc)
+            self.error = exc if isinstance(exc, HubUnreachableError) else download_error(self.repo_id, exc)
+            logger.warning("%s", " ".join(self.error.message.split()))  # one line, no traceback
         finally:
             progress = self.progress
             if self.error is None:  # every byte counted, also when nothing needed downloading
@@ -101,21 +120,109 @@ class Download:
             self._advance(final=True)
 
 
-class ModelDownloader:
-    """Starts the download of one hub repository, or hands out the one already running."""
+class ModelStore:
+    """Starts downloads of hub repositories (one at a time per repository, handing out the one running to a
+    second puller) and deletes them from the cache."""
 
-    def __init__(self, repo_id: str) -> None:
-        self.repo_id = repo_id
+    def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._current: Download | None = None
+        self._downloads: dict[str, Download] = {}
 
-    def start(self) -> Download:
-        """The running download, or a new one started on its own thread."""
+    def start(self, repo_id: str) -> Download:
+        """The running download of `repo_id`, or a new one started on its own thread."""
         with self._lock:
-            if self._current is None or self._current.done.is_set():
-                self._current = Download(self.repo_id)
-                threading.Thread(target=self._current._run, name="model-download", daemon=True).start()
-            return self._current
+            current = self._downloads.get(repo_id)
+            if current is None or current.done.is_set():
+                current = self._downloads[repo_id] = Download(repo_id)
+                threading.Thread(target=current._run, name=f"download {repo_id}", daemon=True).start()
+            return current
+
+    def downloading(self, repo_id: str) -> bool:
+        """Whether a download of `repo_id` is running."""
+        with self._lock:
+            current = self._downloads.get(repo_id)
+            return current is not None and not current.done.is_set()
+
+    def cached_folder(self, repo_id: str) -> bool:
+        """Whether the cache holds anything of `repo_id` (a complete snapshot, or part of a download)."""
+        return _cache_folder(repo_id).is_dir()
+
+    def delete(self, repo_id: str) -> int:
+        """Remove every cached revision of the hub repository `repo_id` (snapshots, blobs, refs; the
+        repository's cache folder goes with the last one); the bytes freed, 0 when it was not cached."""
+        from huggingface_hub import scan_cache_dir
+
+        freed = 0
+        folder = _cache_folder(repo_id)
+        if folder.is_dir():
+            cache = scan_cache_dir()
+            revisions = [
+                revision.commit_hash
+                for repo in cache.repos
+                if repo.repo_id == repo_id and repo.repo_type == "model"
+                for revision in repo.revisions
+            ]
+            if revisions:
+                strategy = cache.delete_revisions(*revisions)
+                freed = strategy.expected_freed_size
+                strategy.execute()
+            shutil.rmtree(folder, ignore_errors=True)  # a partial download has no revision to delete
+            logger.info("deleted %s from the cache (%d bytes)", repo_id, freed)
+        return freed
+
+
+def _cache_folder(repo_id: str) -> Path:
+    from huggingface_hub import constants
+
+    return Path(constants.HF_HUB_CACHE) / ("models--" + repo_id.replace("/", "--"))
+
+
+def probe_hub(repo_id: str) -> None:
+    """Ask the hub for anything (a HEAD of its root, any HTTP answer will do) within `PROBE_TIMEOUT_S`;
+    HubUnreachableError when it does not answer. Nothing is asked in offline mode (HF_HUB_OFFLINE), where
+    `snapshot_download` says so itself."""
+    from huggingface_hub import constants
+    from huggingface_hub.utils import get_session
+
+    if constants.is_offline_mode():
+        return
+    try:
+        get_session().head(constants.ENDPOINT + "/", timeout=PROBE_TIMEOUT_S)
+    except Exception as exc:  # refused, timed out, no route, a name that does not resolve, TLS
+        raise hub_unreachable(repo_id, f"{type(exc).__name__}: {exc}") from exc
+
+
+def hub_unreachable(repo_id: str, reason: str) -> HubUnreachableError:
+    """The error for a hub that cannot be reached, saying what to do instead."""
+    from huggingface_hub import constants
+
+    return HubUnreachableError(
+        f"Cannot pull '{repo_id}': the Hugging Face Hub at {constants.ENDPOINT} cannot be reached "
+        f"({' '.join(reason.split())[:200]}). Pull the model on a machine with network access (`hf download "
+        f"{repo_id} --local-dir <dir>`), copy the directory here and set VOXTRAL_MODEL (or VOXTRAL_MODELS) to "
+        'it; to try the server without a download, use the tiny test model (README, "Without network access").'
+    )
+
+
+def locate(model: ServedModel) -> Path:
+    """The checkpoint directory of a served model, without any network: a local directory with a config.json,
+    or the hub snapshot complete in the cache. ModelUnavailableError for a local directory that is missing or
+    unreadable; ModelNotDownloadedError for a hub model not in the cache."""
+    if model.is_local:
+        config = model.directory / "config.json"
+        try:
+            present = config.is_file()
+        except OSError as exc:  # permission denied, a name too long, an I/O error: not just "missing"
+            raise ModelUnavailableError(
+                f"The model directory '{model.source}' cannot be read: {exc.strerror or exc}."
+            ) from exc
+        if not present:
+            raise ModelUnavailableError(f"The model directory '{model.source}' does not exist or holds no config.json.")
+        return model.directory
+    path = cached_path(model.source)
+    if path is None:
+        raise ModelNotDownloadedError(model.id)
+    return path
 
 
 def cached_path(repo_id: str) -> Path | None:
@@ -148,9 +255,25 @@ def download_error(repo_id: str, exc: Exception) -> VoxtralError:
         reason = "the hub has no such revision of it"
     elif isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
         return StorageFullError(f"Pulling '{repo_id}' failed: no space left in the Hugging Face cache ({exc}).")
+    elif _is_connection_error(exc):
+        return hub_unreachable(repo_id, str(exc))
     else:
         reason = f"{type(exc).__name__}: {exc}".strip()
     return ModelDownloadError(f"Pulling '{repo_id}' from {constants.ENDPOINT} failed: {reason}.")
+
+
+def _is_connection_error(exc: BaseException) -> bool:
+    """Whether `exc` (or its cause) says the hub could not be reached (refused, timed out, no route)."""
+    import httpx2
+
+    seen: BaseException | None = exc
+    for _ in range(8):  # a chain of causes is short; a cycle must not loop
+        if seen is None:
+            break
+        if isinstance(seen, httpx2.ConnectError | httpx2.ConnectTimeout):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return "ConnectError" in str(exc) or "ConnectTimeout" in str(exc)
 
 
 def _counter_class(download: Download) -> type[tqdm]:

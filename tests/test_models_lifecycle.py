@@ -1,0 +1,256 @@
+"""Two tiny checkpoints served together: listing, aliases, `/api/ps` load and unload, idle unload, memory-aware
+loading, pulls of local models, and deletion refused for a directory; on real uvicorn servers."""
+
+from __future__ import annotations
+
+import json
+import math
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import openai
+import pytest
+from openai import OpenAI
+from safetensors import safe_open
+
+from voxtral_local.models.registry import ModelRegistry
+from voxtral_local.testing.tiny_model import build_tiny_model
+
+from .conftest import APPS, FIXTURES, running_server
+
+A, B = "voxtral-tiny", "voxtral-tiny-b"
+OPENAI_ALIASES = ("whisper-1", "gpt-4o-transcribe", "gpt-4o-mini-transcribe")
+
+
+@pytest.fixture(scope="module")
+def second_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_tiny_model(tmp_path_factory.mktemp("models") / B, seed=1)
+
+
+@pytest.fixture(scope="module")
+def two_models(tiny_model_dir: Path, second_model_dir: Path) -> Iterator[str]:
+    """A server with both checkpoints (A the default), models never unloaded when idle."""
+    with running_server(model=str(tiny_model_dir), models=str(second_model_dir), model_ttl=-1) as url:
+        yield url
+
+
+@pytest.fixture
+def ps(two_models: str) -> Iterator[str]:
+    """The two-model server with nothing loaded before and after the test."""
+    registry(two_models).close()
+    yield two_models
+    registry(two_models).close()
+
+
+def registry(url: str) -> ModelRegistry:
+    models: ModelRegistry = APPS[url].state.models
+    return models
+
+
+def weights_float32(directory: Path) -> int:
+    """Bytes of the checkpoint's weights in float32 (the CPU's load dtype), counted from the tensors."""
+    total = 0
+    for path in directory.glob("*.safetensors"):
+        with safe_open(str(path), "pt") as f:
+            total += sum(math.prod(f.get_slice(name).get_shape()) * 4 for name in f.keys())  # noqa: SIM118 - safe_open is not iterable
+    return total
+
+
+def loaded(url: str) -> list[str]:
+    body = httpx.get(f"{url}/api/ps", timeout=30).json()
+    return list(body["models"])
+
+
+def wait_until(check: Callable[[], bool], seconds: float = 30) -> None:
+    deadline = time.monotonic() + seconds
+    while not check():
+        assert time.monotonic() < deadline, "the condition did not come true in time"
+        time.sleep(0.05)
+
+
+def test_models_lists_both_models_and_every_alias(two_models: str, tiny_model_dir: Path) -> None:
+    client = OpenAI(base_url=f"{two_models}/v1", api_key="x", max_retries=0)
+    assert [m.id for m in client.models.list().data] == [A, B, *OPENAI_ALIASES]
+    data = {m["id"]: m for m in httpx.get(f"{two_models}/v1/models").json()["data"]}
+    files = sum(p.stat().st_size for p in tiny_model_dir.rglob("*") if p.is_file())
+    assert data[A] == {
+        "id": A,
+        "object": "model",
+        "created": int((tiny_model_dir / "config.json").stat().st_mtime),
+        "owned_by": "local",
+        "alias_of": None,
+        "downloaded": True,
+        "loaded": False,
+        "size_bytes": files,
+        "memory_bytes": weights_float32(tiny_model_dir),
+    }
+    assert data[B]["alias_of"] is None and data[B]["downloaded"] is True
+    for alias in OPENAI_ALIASES:
+        assert data[alias]["alias_of"] == A and data[alias]["size_bytes"] == files
+
+
+def test_retrieve_by_id_and_alias(two_models: str) -> None:
+    client = OpenAI(base_url=f"{two_models}/v1", api_key="x", max_retries=0)
+    assert client.models.retrieve(B).id == B
+    whisper = httpx.get(f"{two_models}/v1/models/whisper-1").json()
+    assert whisper["id"] == "whisper-1" and whisper["alias_of"] == A
+    with pytest.raises(openai.NotFoundError) as info:
+        client.models.retrieve("mistralai/Voxtral-Small-24B-2507")
+    assert info.value.response.json()["error"]["code"] == "model_not_found"
+    assert httpx.get(f"{two_models}/v1/models/pull").status_code == 405
+
+
+def test_api_ps_loads_and_unloads_by_id_and_alias(ps: str) -> None:
+    assert httpx.get(f"{ps}/api/ps").json() == {"models": [], "data": []}
+
+    assert httpx.post(f"{ps}/api/ps/{B}", timeout=120).status_code == 201
+    body = httpx.get(f"{ps}/api/ps").json()
+    assert body["models"] == [B]
+    running = body["data"][0]
+    assert (running["id"], running["device"], running["dtype"]) == (B, "cpu", "float32")
+    assert running["memory_bytes"] > 0 and running["requests_in_flight"] == 0 and running["expires_in"] is None
+    again = httpx.post(f"{ps}/api/ps/{B}", timeout=120)
+    assert again.status_code == 409 and again.json()["error"]["code"] == "model_already_loaded"
+
+    assert httpx.post(f"{ps}/api/ps/whisper-1", timeout=120).status_code == 201  # the default model
+    assert loaded(ps) == [A, B]
+    models = {m["id"]: m["loaded"] for m in httpx.get(f"{ps}/v1/models").json()["data"]}
+    assert models[A] and models[B] and models["whisper-1"]
+
+    assert httpx.delete(f"{ps}/api/ps/whisper-1", timeout=60).status_code == 204
+    assert loaded(ps) == [B]
+    not_loaded = httpx.delete(f"{ps}/api/ps/{A}", timeout=60)
+    assert not_loaded.status_code == 404 and not_loaded.json()["error"]["code"] == "model_not_loaded"
+    for method in ("POST", "DELETE"):
+        unknown = httpx.request(method, f"{ps}/api/ps/org/no-such-model", timeout=60)
+        assert unknown.status_code == 404 and unknown.json()["error"]["code"] == "model_not_found"
+    assert httpx.delete(f"{ps}/api/ps/{B}", timeout=60).status_code == 204
+    assert loaded(ps) == []
+
+
+def test_concurrent_first_loads_load_once(ps: str) -> None:
+    models = registry(ps)
+    calls: list[str] = []
+    factory = models.factory
+
+    def counting(model: Any, path: Path) -> Any:
+        calls.append(model.id)
+        return factory(model, path)
+
+    models.factory = counting
+    try:
+        with httpx.Client(timeout=120) as client:
+            statuses: list[int] = []
+            threads = [
+                threading.Thread(target=lambda: statuses.append(client.post(f"{ps}/api/ps/{B}").status_code))
+                for _ in range(8)
+            ]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join(timeout=120)
+    finally:
+        models.factory = factory
+    assert calls == [B]
+    assert sorted(statuses) == [201] + [409] * 7
+
+
+def test_unload_waits_for_the_request_using_the_model(ps: str) -> None:
+    models = registry(ps)
+    answers: list[int] = []
+    with models.use(B):
+        unloading = threading.Thread(target=lambda: answers.append(httpx.delete(f"{ps}/api/ps/{B}").status_code))
+        unloading.start()
+        unloading.join(timeout=0.5)
+        assert answers == [] and models.slot(B).backend is not None, "unloaded under a request"
+    unloading.join(timeout=60)
+    assert answers == [204] and loaded(ps) == []
+
+
+@pytest.mark.parametrize("ttl", [0, 1])
+def test_an_idle_model_is_unloaded_after_the_ttl(tiny_model_dir: Path, ttl: int) -> None:
+    with running_server(model=str(tiny_model_dir), model_ttl=ttl) as url:
+        assert httpx.post(f"{url}/api/ps/{A}", timeout=120).status_code == 201
+        wait_until(lambda: loaded(url) == [])
+        assert httpx.get(f"{url}/health").json()["model_loaded"] is False
+
+
+def test_ttl_zero_unloads_right_after_a_transcription(tiny_model_dir: Path) -> None:
+    """Needs the routes to use the registry (the layering change)."""
+    with running_server(model=str(tiny_model_dir), model_ttl=0) as url:
+        models = registry(url)
+        calls: list[str] = []
+        factory = models.factory
+
+        def counting(model: Any, path: Path) -> Any:
+            calls.append(model.id)
+            return factory(model, path)
+
+        models.factory = counting
+        client = OpenAI(base_url=f"{url}/v1", api_key="x", max_retries=0, timeout=120)
+        for _ in range(2):
+            with open(FIXTURES / "speech.wav", "rb") as f:
+                assert isinstance(client.audio.transcriptions.create(model=A, file=f).text, str)
+            wait_until(lambda: loaded(url) == [] and models.slot(A).users == 0)
+        assert calls == [A, A], "each request loaded the model, which was unloaded after it"
+
+
+def test_loading_makes_room_by_unloading_the_idle_model_and_refuses_when_it_is_in_use(
+    tiny_model_dir: Path, second_model_dir: Path
+) -> None:
+    need = weights_float32(tiny_model_dir)
+    cap_gb = 1.5 * need / 1024**3  # one model fits, two do not
+    with running_server(
+        model=str(tiny_model_dir), models=str(second_model_dir), models_memory_gb=cap_gb, model_ttl=-1
+    ) as url:
+        assert httpx.post(f"{url}/api/ps/{A}", timeout=120).status_code == 201
+        assert httpx.post(f"{url}/api/ps/{B}", timeout=120).status_code == 201
+        assert loaded(url) == [B], "the idle model made room"
+
+        with registry(url).use(B):
+            refused = httpx.post(f"{url}/api/ps/{A}", timeout=120)
+        assert refused.status_code == 503
+        error = refused.json()["error"]
+        assert (error["type"], error["code"]) == ("server_error", "insufficient_memory")
+        assert "need about" in error["message"] and "is free" in error["message"] and B in error["message"]
+        assert loaded(url) == [B], "nothing was unloaded for a load that could not fit"
+
+        assert httpx.post(f"{url}/api/ps/{A}", timeout=120).status_code == 201
+        assert loaded(url) == [A]
+
+
+def test_health_reports_device_memory_and_loaded_models(ps: str) -> None:
+    assert httpx.post(f"{ps}/api/ps/{B}", timeout=120).status_code == 201
+    health = httpx.get(f"{ps}/health").json()
+    assert health["model"] == A and health["model_available"] is True and health["model_loaded"] is False
+    assert health["device"] == "cpu" and health["model_error"] is None
+    assert health["memory_total_bytes"] >= health["memory_available_bytes"] > 0
+    assert [m["id"] for m in health["loaded_models"]] == [B]
+
+
+def test_pulling_a_local_model_streams_one_event_or_answers_json(two_models: str, second_model_dir: Path) -> None:
+    files = sum(1 for p in second_model_dir.iterdir() if p.is_file())
+    success = {"status": "success", "model": B, "completed": 0, "total": 0, "files_completed": files}
+    with httpx.stream("POST", f"{two_models}/v1/models/pull", json={"model": B}, timeout=60) as response:
+        assert response.status_code == 200
+        assert response.headers["content-type"].startswith("text/event-stream")
+        events = [line[6:] for line in response.iter_lines() if line.startswith("data: ")]
+    assert len(events) == 2 and events[1] == "[DONE]"
+    assert json.loads(events[0]) == {**success, "files_total": files}
+    plain = httpx.post(f"{two_models}/v1/models/pull", json={"model": B, "stream": False}, timeout=60)
+    assert plain.headers["content-type"] == "application/json"
+    assert plain.json() == {**success, "files_total": files}
+
+
+def test_a_local_model_is_never_deleted(two_models: str, second_model_dir: Path) -> None:
+    refused = httpx.delete(f"{two_models}/v1/models/{B}", timeout=60)
+    assert refused.status_code == 409
+    error = refused.json()["error"]
+    assert error["code"] == "model_is_local" and str(second_model_dir) in error["message"]
+    assert (second_model_dir / "config.json").is_file()
+    unknown = httpx.delete(f"{two_models}/v1/models/org/no-such-model", timeout=60)
+    assert unknown.status_code == 404 and unknown.json()["error"]["code"] == "model_not_found"
