@@ -307,7 +307,7 @@ def main() -> None:
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     rate = (args.tokens_per_30s - CAP_MARGIN) / 30  # so that a full 30 s chunk gets exactly tokens-per-30s
     port = args.port or free_port()
-    settings = Settings(_env_file=None, model="benchmark", port=port, max_tokens_per_audio_second=rate)
+    settings = Settings(_env_file=None, model="benchmark", port=port, model_ttl=-1, max_tokens_per_audio_second=rate)
     model, processor = build_model(args.preset, args.model, device, dtype)
     engine = TransformersBackend(settings.model, Path(settings.model), settings)  # in memory only: never loaded
     engine.adopt(model, processor)

@@ -33,7 +33,8 @@ logger = logging.getLogger(__name__)
 def model_registry(settings: Settings, backends: Mapping[str, ModelBackend] | None = None) -> ModelRegistry:
     """The served models (VOXTRAL_MODEL, VOXTRAL_MODELS) with a `TransformersBackend` each, loaded on first
     use. `backends` are built already (by id; the benchmark's model lives only in memory): the registry takes
-    them as they are, with no checkpoint directory looked for."""
+    them as they are, with no checkpoint directory looked for. Such a backend cannot be loaded again once
+    unloaded, so serve it with `VOXTRAL_MODEL_TTL=-1` (the benchmark does)."""
     given = dict(backends or {})
     catalog = ModelCatalog(settings)
     unknown = set(given) - set(catalog.models)
