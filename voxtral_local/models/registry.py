@@ -81,6 +81,29 @@ class ModelState:
     problem: str | None = None
 
 
+class Lease:
+    """A hold on a loaded model (`ModelRegistry.acquire`): it is not unloaded until released. Releasing twice
+    is harmless; a `with` block releases at its end."""
+
+    def __init__(self, model_id: str, backend: ModelBackend, release: Callable[[], object]) -> None:
+        self.model_id = model_id
+        self.backend = backend
+        self._release: Callable[[], object] | None = release
+        self._lock = threading.Lock()
+
+    def release(self) -> None:
+        with self._lock:
+            release, self._release = self._release, None
+        if release is not None:
+            release()
+
+    def __enter__(self) -> Lease:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
 class ModelRegistry:
     """Loads served models on first use, once, and unloads them on demand, when idle, or to make room.
 
@@ -173,9 +196,22 @@ class ModelRegistry:
         """The model `name` means, loaded (loading it first if needed) and held until the block ends: it is not
         unloaded meanwhile. Raises ModelNotFoundError, ModelNotDownloadedError, ModelUnavailableError (also
         InsufficientMemoryError), and with VOXTRAL_AUTO_DOWNLOAD the download's ModelDownloadError."""
+        with self.acquire(name) as lease:
+            yield lease.backend
+
+    def acquire(self, name: str) -> Lease:
+        """Like `use`, for a hold that outlives one block (a request loads its model before its stream starts
+        and keeps it until the stream ends): the model `name` means, loaded and held until `Lease.release`
+        (or the end of a `with` block on the lease). Raises as `use` does, holding nothing then."""
         slot = self._slots[self.resolve(name).id]
-        with self._held(slot):
-            yield self._ensure_loaded(slot)
+        held = self._held(slot)
+        held.__enter__()
+        try:
+            backend = self._ensure_loaded(slot)
+        except BaseException:
+            held.__exit__(None, None, None)
+            raise
+        return Lease(slot.model.id, backend, lambda: held.__exit__(None, None, None))
 
     def load(self, name: str) -> bool:
         """Load the model `name` means unless it is loaded; whether this call loaded it (of many calls at once,
