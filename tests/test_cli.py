@@ -254,6 +254,19 @@ def test_transcribe_against_a_server_prints_the_servers_error_and_goes_on(
     assert (out / "hello.vtt").read_text().startswith("WEBVTT")
 
 
+def test_transcribe_refuses_files_whose_outputs_would_overwrite_each_other(audio: Path, tmp_path: Path) -> None:
+    (audio / "sub").mkdir()
+    (audio / "sub" / "hello.wav").write_bytes((audio / "hello.wav").read_bytes())
+    out = tmp_path / "out"
+
+    result = cli("transcribe", str(audio / "hello.wav"), str(audio / "sub" / "hello.wav"), "-o", str(out), cwd=tmp_path)
+    directory = cli("transcribe", str(audio / "sub"), cwd=tmp_path, VOXTRAL_MODEL=str(tmp_path / "no-model"))
+
+    assert result.returncode == 1 and "would write the same output file (hello.json)" in result.stderr
+    assert not out.exists()  # refused before any work
+    assert directory.returncode == 1 and "sub: a directory" in directory.stderr
+
+
 def test_transcribe_without_any_file_starts_nothing(tmp_path: Path) -> None:
     result = cli("transcribe", str(tmp_path / "nope.wav"), cwd=tmp_path, VOXTRAL_MODEL=str(tmp_path / "no-model"))
 
@@ -346,7 +359,7 @@ def test_ps_lists_the_loaded_model_of_a_server(server: ServerProcess, audio: Pat
     assert cli("transcribe", str(audio / "hello.wav"), *key, cwd=tmp_path).returncode == 0
 
     result = cli("ps", *key, cwd=tmp_path)
-    as_json = cli("ps", "--json", *key, cwd=tmp_path)
+    as_json = cli("ps", "--json", "--server", server.url.removeprefix("http://"), "--api-key", "cli-key", cwd=tmp_path)
 
     assert result.returncode == 0, result.stderr
     assert result.stdout.splitlines()[0].split()[:3] == ["ID", "DEVICE", "DTYPE"]

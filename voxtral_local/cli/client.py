@@ -128,7 +128,7 @@ def connect(server: str | None, api_key: str | None, settings: Settings | None =
     key = api_key or (settings.api_key.get_secret_value() if settings.api_key else None)
     headers = {"Authorization": f"Bearer {key}"} if key else {}
     if server is not None:
-        url = server.rstrip("/")
+        url = server_url(server)
         with httpx.Client(base_url=url, headers=headers, timeout=TIMEOUT) as client:
             yield Api(url, client)
         return
@@ -147,6 +147,9 @@ def in_process_server(settings: Settings) -> Iterator[str]:
     from ..api.shutdown import stop_backends
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    from transformers.utils import logging as transformers_logging
+
+    transformers_logging.disable_progress_bar()  # the command draws its own progress; loading draws none
     app = create_app(settings)
     config = uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", **uvicorn_options(settings))
     server = uvicorn.Server(config)
@@ -176,6 +179,12 @@ def local_url(settings: Settings) -> str:
     if ":" in host and not host.startswith("["):
         host = f"[{host}]"
     return f"http://{host}:{settings.port}"
+
+
+def server_url(server: str) -> str:
+    """`--server` as a base URL: `http://` added to a bare `host:port`, trailing slashes removed."""
+    server = server.strip().rstrip("/")
+    return server if "://" in server else f"http://{server}"
 
 
 def fail(message: str, status: int = 1) -> typer.Exit:

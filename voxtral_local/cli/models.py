@@ -11,7 +11,17 @@ import typer
 from rich.progress import Progress
 
 from ..protocol import ModelDeleted, ModelList, ModelPullStatus, RunningModels
-from .client import ApiError, ApiKeyOption, ServerOption, client_settings, connect, error_message, fail, local_url
+from .client import (
+    ApiError,
+    ApiKeyOption,
+    ServerOption,
+    client_settings,
+    connect,
+    error_message,
+    fail,
+    local_url,
+    server_url,
+)
 from .progress import ProgressOption, QuietOption, download_progress, events, progress_console
 
 ModelArgument = Annotated[
@@ -21,7 +31,10 @@ JsonOption = Annotated[bool, typer.Option("--json", help="Print the server's JSO
 
 
 def pull(
-    model: ModelArgument,
+    model: Annotated[
+        str | None,
+        typer.Argument(metavar="MODEL", help="A served model's id or alias. [default: the default model]"),
+    ] = None,
     server: ServerOption = None,
     api_key: ApiKeyOption = None,
     progress: ProgressOption = False,
@@ -31,7 +44,7 @@ def pull(
     console = progress_console(progress, quiet)
     try:
         with connect(server, api_key) as api:
-            body = {"model": model, "stream": True}
+            body: dict[str, Any] = {"stream": True} if model is None else {"model": model, "stream": True}
             with api.stream("POST", "/v1/models/pull", json=body) as response:
                 if not response.headers.get("content-type", "").startswith("text/event-stream"):
                     response.read()
@@ -39,7 +52,7 @@ def pull(
                 else:
                     bar = download_progress(console) if console is not None else None
                     with bar if bar is not None else contextlib.nullcontext():
-                        final = _follow(response, model, bar)
+                        final = _follow(response, model or "default model", bar)
     except ApiError as exc:
         raise fail(exc.message) from None
     if not quiet:
@@ -95,7 +108,7 @@ def ps(server: ServerOption = None, api_key: ApiKeyOption = None, as_json: JsonO
     """List the loaded models of a running server. GET /api/ps; without --server, the server at VOXTRAL_HOST
     and VOXTRAL_PORT."""
     settings = client_settings()
-    url = server or local_url(settings)
+    url = server_url(server) if server else local_url(settings)
     try:
         with connect(url, api_key, settings) as api:
             answer = api.json("GET", "/api/ps")

@@ -52,10 +52,14 @@ def transcribe(
         if file.is_file():
             present.append(file)
         else:
-            typer.echo(f"error: {file}: no such file", err=True)
+            typer.echo(f"error: {file}: {'a directory' if file.is_dir() else 'no such file'}", err=True)
             failed += 1
     to_stdout = len(files) == 1 and output_dir is None
     target = output_dir or Path(".")
+    if not to_stdout:
+        clash = same_outputs(present, response_format)
+        if clash:  # one transcript would overwrite another: refuse before any work
+            raise fail(f"these files would write the same output file ({clash[0]}): {', '.join(map(str, clash[1]))}")
     console = progress_console(progress, quiet)
     printed: list[str] = []  # what goes to stdout, printed once the progress display is gone
     if present:
@@ -87,6 +91,14 @@ def transcribe(
         typer.echo(body, nl=False)
     if failed:
         raise typer.Exit(1)
+
+
+def same_outputs(files: list[Path], response_format: str) -> tuple[str, list[Path]] | None:
+    """The first output name (`<stem>.<ext>`) that two or more of `files` would share, with those files."""
+    by_name: dict[str, list[Path]] = {}
+    for file in files:
+        by_name.setdefault(f"{file.stem}.{EXTENSIONS[response_format]}", []).append(file)
+    return next(((name, group) for name, group in by_name.items() if len(group) > 1), None)
 
 
 def default_model(api: Api) -> str:
