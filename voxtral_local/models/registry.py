@@ -2,9 +2,9 @@
 idle (`VOXTRAL_MODEL_TTL`) or to make room for another (`VOXTRAL_MODELS_MEMORY_GB`).
 
 Requests hold a model while they use it (`ModelRegistry.use`); an unload waits until no request holds it, and
-requests that arrive meanwhile wait for the unload to end and then load the model again. Loading or unloading
-one model never blocks requests to another: each model has its own load lock, and the registry's lock is held
-only to count users and memory.
+requests that arrive meanwhile wait for the unload to end and then load the model again. Each model has its own
+load lock, and the registry's lock is held only to count users and memory, so requests to a loaded model go on
+while another loads or unloads; only a load that unloads idle models to make room holds up requests for those.
 
 Before a load, the weights' memory is estimated from the safetensors headers (`models.memory`) and compared
 with what is free: the device's free memory, or what `VOXTRAL_MODELS_MEMORY_GB` leaves beside the loaded

@@ -15,12 +15,15 @@ asks the hub for anything, with a timeout of `PROBE_TIMEOUT_S`; no answer fails 
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import shutil
 import socket
 import threading
 import time
+import urllib.parse
+import urllib.request
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
@@ -225,10 +228,39 @@ def probe_hub(repo_id: str) -> None:
 
     if constants.is_offline_mode():
         return
+    look_up_within(repo_id, constants.ENDPOINT, PROBE_TIMEOUT_S)
     try:
         get_session().head(constants.ENDPOINT + "/", timeout=PROBE_TIMEOUT_S)
     except Exception as exc:  # refused, timed out, no route, a name that does not resolve, TLS
         raise hub_unreachable(repo_id, f"{type(exc).__name__}: {exc}") from exc
+
+
+def look_up_within(repo_id: str, endpoint: str, seconds: float) -> None:
+    """Resolve the endpoint's host name on a daemon thread and wait `seconds` for it: the HTTP client's timeouts
+    do not cover the system resolver, which can take tens of seconds when no DNS server answers.
+    HubUnreachableError when the lookup takes longer; a lookup that fails is left for the request to report.
+    Nothing is looked up when a proxy serves the endpoint (the proxy resolves it)."""
+    url = urllib.parse.urlsplit(endpoint)
+    host = url.hostname
+    if not host or _proxied(url.scheme, host):
+        return
+    done = threading.Event()
+
+    def look_up() -> None:
+        with contextlib.suppress(OSError, UnicodeError):
+            socket.getaddrinfo(host, url.port or (443 if url.scheme == "https" else 80), type=socket.SOCK_STREAM)
+        done.set()
+
+    threading.Thread(target=look_up, name=f"look up {host}", daemon=True).start()
+    if not done.wait(seconds):
+        raise hub_unreachable(repo_id, f"looking up the name {host} took more than {seconds:g} s")
+
+
+def _proxied(scheme: str, host: str) -> bool:
+    """Whether the environment's proxy settings (as HTTP clients read them) send requests to `host` through a
+    proxy."""
+    proxies = urllib.request.getproxies()
+    return bool(proxies.get(scheme) or proxies.get("all")) and not urllib.request.proxy_bypass(host)
 
 
 def hub_unreachable(repo_id: str, reason: str) -> HubUnreachableError:
