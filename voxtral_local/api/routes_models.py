@@ -8,7 +8,8 @@ from fastapi import APIRouter
 from starlette.exceptions import HTTPException
 
 from ..models.catalog import ServedModel
-from ..models.registry import ModelRegistry, Slot
+from ..models.registry import ModelRegistry
+from ..models.slots import Slot
 from ..protocol import Health, Model, ModelDeleted, ModelList, RunningModel
 from .deps import ModelsDep
 from .openapi import COMMON_ERRORS, error_responses
