@@ -155,12 +155,6 @@ class ModelStore:
                 threading.Thread(target=current._run, name=f"download {repo_id}", daemon=True).start()
             return current
 
-    def downloading(self, repo_id: str) -> bool:
-        """Whether a download of `repo_id` is running."""
-        with self._lock:
-            current = self._downloads.get(repo_id)
-            return current is not None and not current.done.is_set()
-
     @contextmanager
     def deleting(self, repo_id: str) -> Iterator[None]:
         """Mark `repo_id` as being deleted for the block: `start` refuses to pull it meanwhile. Raises
