@@ -91,8 +91,10 @@ def free_port() -> int:
 
 @contextmanager
 def running_server(**overrides: Any) -> Iterator[str]:
-    """Serve `create_app(Settings(**overrides))` with uvicorn on a loopback port; yield its base URL."""
-    settings = Settings(_env_file=None, host="127.0.0.1", port=free_port(), **overrides)
+    """Serve `create_app(Settings(**overrides))` with uvicorn on a loopback port; yield its base URL. Models
+    stay loaded (`model_ttl=-1`) unless `overrides` say otherwise, so that no test loses a backend it patched to
+    an idle unload."""
+    settings = Settings(_env_file=None, host="127.0.0.1", port=free_port(), **{"model_ttl": -1, **overrides})
     app = create_app(settings)
     config = uvicorn.Config(app, host=settings.host, port=settings.port, log_level="warning")
     server = uvicorn.Server(config)

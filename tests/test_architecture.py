@@ -4,6 +4,7 @@ every `voxtral_local/...` path anywhere in the page is a file or folder of the p
 
 from __future__ import annotations
 
+import ast
 import importlib
 import re
 from pathlib import Path
@@ -91,3 +92,57 @@ def test_the_table_names_many_symbols() -> None:
     """The check above is not vacuous: the table names dozens of classes and functions."""
     symbols = [s for _, text in ROWS for s in re.findall(r"`([^`]+)`", text) if CLASS.match(s) or FUNCTION.match(s)]
     assert len(symbols) > 40
+
+
+def imported_modules(path: Path) -> set[str]:
+    """The absolute names of the modules a file of the package imports (relative imports resolved; `from x
+    import y` gives both `x` and `x.y`, as y may be a module)."""
+    package = ".".join(path.relative_to(ROOT).with_suffix("").parts[:-1])
+    names: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                parent = package.split(".")[: len(package.split(".")) - node.level + 1]
+                base = ".".join([*parent, base] if base else parent)
+            names.add(base)
+            names.update(f"{base}.{alias.name}" for alias in node.names)
+    return names
+
+
+def files_under(folder: str) -> list[Path]:
+    return sorted((ROOT / PACKAGE / folder).rglob("*.py"))
+
+
+def within(name: str, package: str) -> bool:
+    return name == package or name.startswith(package + ".")
+
+
+@pytest.mark.parametrize("layer", ["backends", "services", "models", "audio"])
+def test_the_inner_layers_import_no_web_framework(layer: str) -> None:
+    assert files_under(layer)
+    for path in files_under(layer):
+        web = {n for n in imported_modules(path) if within(n, "fastapi") or within(n, "starlette")}
+        assert not web, f"{path.relative_to(ROOT)} imports {sorted(web)}"
+
+
+def test_the_backends_import_neither_services_nor_models() -> None:
+    for path in files_under("backends"):
+        upward = {
+            n for n in imported_modules(path) if within(n, f"{PACKAGE}.services") or within(n, f"{PACKAGE}.models")
+        }
+        assert not upward, f"{path.relative_to(ROOT)} imports {sorted(upward)}"
+
+
+def test_the_model_layer_knows_backends_only_by_their_interface() -> None:
+    for path in files_under("models"):
+        backends = {n for n in imported_modules(path) if within(n, f"{PACKAGE}.backends")}
+        assert backends <= {f"{PACKAGE}.backends.base", f"{PACKAGE}.backends.base.ModelBackend"}, path
+
+
+def test_the_import_check_sees_relative_imports() -> None:
+    """Not vacuous: the registry's relative imports resolve to the package's modules."""
+    names = imported_modules(ROOT / PACKAGE / "models" / "registry.py")
+    assert {f"{PACKAGE}.backends.base", f"{PACKAGE}.models.store", f"{PACKAGE}.devices"} <= names

@@ -15,7 +15,7 @@ from voxtral_local.audio.decode import SAMPLE_RATE
 from voxtral_local.backends.base import Sampling
 from voxtral_local.backends.transformers import TransformersBackend
 from voxtral_local.backends.transformers.prompts import transcription_inputs
-from voxtral_local.backends.transformers.runtime import resolve_device, resolve_dtype
+from voxtral_local.devices import resolve_device, resolve_dtype
 from voxtral_local.errors import ModelUnavailableError
 
 from .conftest import make_backend

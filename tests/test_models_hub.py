@@ -12,7 +12,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -78,6 +78,14 @@ def unreachable_hub(kind: str) -> Iterator[str]:
         yield f"http://127.0.0.1:{sock.getsockname()[1]}"
 
 
+def wait_for_log(log: Path, check: Callable[[str], bool], seconds: float = 30) -> None:
+    """Return once the log file's text passes `check` (another process writes it); fail after `seconds`."""
+    deadline = time.monotonic() + seconds
+    while not check(log.read_text(errors="replace")):
+        assert time.monotonic() < deadline, log.read_text(errors="replace")
+        time.sleep(0.05)
+
+
 def test_a_model_not_downloaded_is_a_404_within_a_second_and_asks_no_hub(tiny_model_dir: Path, tmp_path: Path) -> None:
     """The default model is a directory; the hub model is served but not downloaded, and the hub is down."""
     with (
@@ -87,6 +95,11 @@ def test_a_model_not_downloaded_is_a_404_within_a_second_and_asks_no_hub(tiny_mo
         listed = {m["id"]: m for m in httpx.get(f"{url}/v1/models", timeout=30).json()["data"]}
         assert listed[SMALL]["downloaded"] is False and listed[SMALL]["size_bytes"] is None
         assert listed["voxtral-small"]["alias_of"] == SMALL
+        # One request first, untimed: a fresh process imports what a model request needs on its first one.
+        warm_up = httpx.post(
+            f"{url}/v1/audio/transcriptions", data={"model": SMALL}, files={"file": ("speech.wav", WAV)}, timeout=60
+        )
+        assert warm_up.status_code == 404
 
         started = time.monotonic()
         load = httpx.post(f"{url}/api/ps/voxtral-small", timeout=30)
@@ -141,7 +154,7 @@ def test_an_unreachable_hub_fails_a_pull_within_seconds_in_one_log_line(
         load = httpx.post(f"{url}/api/ps/{SMALL}", timeout=60)
         assert time.monotonic() - started < 10.0
         assert load.status_code == 502 and load.json()["error"]["code"] == "hub_unreachable"
-        time.sleep(0.5)  # the log is written by another process
+        wait_for_log(log, lambda text: text.count("cannot be reached") >= 2)  # written by another process
         lines = log.read_text(errors="replace").splitlines()
     reports = [line for line in lines if "cannot be reached" in line]
     assert len(reports) == 2, "one line per failed download"
@@ -214,3 +227,32 @@ def test_pulls_of_two_models_run_side_by_side(mirror: HubMirror, tmp_path: Path)
         assert {m: r.status_code for m, r in results.items()} == {MINI: 200, SMALL: 200}
         listed = {m["id"]: m["downloaded"] for m in httpx.get(f"{url}/v1/models", timeout=30).json()["data"]}
         assert listed[MINI] and listed[SMALL]
+
+
+def test_a_model_being_pulled_is_not_deleted(mirror: HubMirror, tmp_path: Path) -> None:
+    with hub_server(mirror.url, tmp_path, model=MINI, models=SMALL) as (url, _):
+        mirror.requests.clear()
+        mirror.hold = True  # file bodies wait: the pull stays running
+        mirror.release.clear()
+        results: list[httpx.Response] = []
+        pull = threading.Thread(
+            target=lambda: results.append(
+                httpx.post(f"{url}/v1/models/pull", json={"model": SMALL, "stream": False}, timeout=120)
+            )
+        )
+        try:
+            pull.start()
+            deadline = time.monotonic() + 60
+            while not any(f"/{SMALL}/resolve/" in p for _, p in list(mirror.requests)):
+                assert time.monotonic() < deadline, "the pull did not start"
+                time.sleep(0.05)
+            refused = httpx.delete(f"{url}/v1/models/{SMALL}", timeout=60)
+            assert refused.status_code == 409
+            error = refused.json()["error"]
+            assert error["code"] == "model_download_in_progress" and "being pulled" in error["message"]
+        finally:
+            mirror.release.set()
+            pull.join(timeout=120)
+            mirror.hold = False
+        assert [r.status_code for r in results] == [200]
+        assert httpx.delete(f"{url}/v1/models/{SMALL}", timeout=60).status_code == 200

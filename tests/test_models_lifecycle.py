@@ -14,9 +14,13 @@ from typing import Any
 import httpx
 import openai
 import pytest
+import torch
 from openai import OpenAI
 from safetensors import safe_open
+from safetensors.torch import save_file
 
+from voxtral_local.cli.serve import startup_line
+from voxtral_local.config import Settings
 from voxtral_local.models.registry import ModelRegistry
 from voxtral_local.testing.tiny_model import build_tiny_model
 
@@ -34,16 +38,23 @@ def second_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def two_models(tiny_model_dir: Path, second_model_dir: Path) -> Iterator[str]:
     """A server with both checkpoints (A the default), models never unloaded when idle."""
-    with running_server(model=str(tiny_model_dir), models=str(second_model_dir), model_ttl=-1) as url:
+    with running_server(model=str(tiny_model_dir), models=str(second_model_dir)) as url:
         yield url
 
 
 @pytest.fixture
 def ps(two_models: str) -> Iterator[str]:
-    """The two-model server with nothing loaded before and after the test."""
-    registry(two_models).close()
+    """The two-model server with nothing loaded before and after the test (each model unloaded as a request
+    would, so the registry stays usable)."""
+    unload_all(two_models)
     yield two_models
-    registry(two_models).close()
+    unload_all(two_models)
+
+
+def unload_all(url: str) -> None:
+    models = registry(url)
+    for slot, _ in models.loaded():
+        models.unload(slot.model.id)
 
 
 def registry(url: str) -> ModelRegistry:
@@ -171,10 +182,13 @@ def test_unload_waits_for_the_request_using_the_model(ps: str) -> None:
     assert answers == [204] and loaded(ps) == []
 
 
-@pytest.mark.parametrize("ttl", [0, 1])
+@pytest.mark.parametrize("ttl", [0, 2])
 def test_an_idle_model_is_unloaded_after_the_ttl(tiny_model_dir: Path, ttl: int) -> None:
     with running_server(model=str(tiny_model_dir), model_ttl=ttl) as url:
         assert httpx.post(f"{url}/api/ps/{A}", timeout=120).status_code == 201
+        if ttl:  # loaded until the TTL has passed
+            running = httpx.get(f"{url}/api/ps", timeout=30).json()["data"]
+            assert [m["id"] for m in running] == [A] and 0 < running[0]["expires_in"] <= ttl
         wait_until(lambda: loaded(url) == [])
         assert httpx.get(f"{url}/health").json()["model_loaded"] is False
 
@@ -204,9 +218,7 @@ def test_loading_makes_room_by_unloading_the_idle_model_and_refuses_when_it_is_i
 ) -> None:
     need = weights_float32(tiny_model_dir)
     cap_gb = 1.5 * need / 1024**3  # one model fits, two do not
-    with running_server(
-        model=str(tiny_model_dir), models=str(second_model_dir), models_memory_gb=cap_gb, model_ttl=-1
-    ) as url:
+    with running_server(model=str(tiny_model_dir), models=str(second_model_dir), models_memory_gb=cap_gb) as url:
         assert httpx.post(f"{url}/api/ps/{A}", timeout=120).status_code == 201
         assert httpx.post(f"{url}/api/ps/{B}", timeout=120).status_code == 201
         assert loaded(url) == [B], "the idle model made room"
@@ -218,9 +230,58 @@ def test_loading_makes_room_by_unloading_the_idle_model_and_refuses_when_it_is_i
         assert (error["type"], error["code"]) == ("server_error", "insufficient_memory")
         assert "need about" in error["message"] and "is free" in error["message"] and B in error["message"]
         assert loaded(url) == [B], "nothing was unloaded for a load that could not fit"
+        assert httpx.get(f"{url}/health").json()["model_error"] is None, "a memory refusal is not the model's fault"
 
         assert httpx.post(f"{url}/api/ps/{A}", timeout=120).status_code == 201
         assert loaded(url) == [A]
+
+
+def test_a_failed_eviction_leaves_the_other_models_usable_and_gives_the_reservation_back(
+    tiny_model_dir: Path, second_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """C's weights are estimated at twice A's (a second safetensors file transformers does not load), so loading
+    it unloads both idle models; unloading A, the first, fails."""
+    big = build_tiny_model(tmp_path / "voxtral-tiny-c", seed=2)
+    need = weights_float32(tiny_model_dir)
+    save_file({"padding": torch.zeros(need // 4)}, big / "padding.safetensors")
+    cap_gb = 2.5 * need / 1024**3  # A and B fit together, or C alone
+    with running_server(model=str(tiny_model_dir), models=f"{second_model_dir},{big}", models_memory_gb=cap_gb) as url:
+        models = registry(url)
+        for model in (A, B):
+            assert httpx.post(f"{url}/api/ps/{model}", timeout=120).status_code == 201
+
+        def failing_unload() -> None:
+            raise RuntimeError("the device is gone")
+
+        monkeypatch.setattr(models.slot(A).backend, "unload", failing_unload)
+        refused = httpx.post(f"{url}/api/ps/voxtral-tiny-c", timeout=120)
+        assert refused.status_code == 503
+        error = refused.json()["error"]
+        assert error["code"] == "model_unavailable"
+        assert A in error["message"] and "the device is gone" in error["message"]
+        assert loaded(url) == [B], "the eviction stopped at the failure: B stays loaded"
+        assert all(models.slot(m).reserved == 0 and not models.slot(m).unloading for m in (A, B, "voxtral-tiny-c"))
+
+        assert httpx.post(f"{url}/api/ps/{A}", timeout=120).status_code == 201, "A loads again (C holds no room)"
+        assert loaded(url) == [A, B]
+        for model in (A, B):
+            assert httpx.delete(f"{url}/api/ps/{model}", timeout=60).status_code == 204
+        assert httpx.post(f"{url}/api/ps/voxtral-tiny-c", timeout=120).status_code == 201
+        assert loaded(url) == ["voxtral-tiny-c"]
+
+
+def test_the_startup_line_reads_the_ttl_as_the_registry_does(tiny_model_dir: Path) -> None:
+    def unload(ttl: float) -> str:
+        line = startup_line(Settings(_env_file=None, model=str(tiny_model_dir), model_ttl=ttl))
+        return line.split(", unload ", 1)[1].split(";", 1)[0]
+
+    assert [unload(ttl) for ttl in (-1, -0.5, 0, 0.5, 300)] == [
+        "never",
+        "never",
+        "after each request",
+        "after 0.5 s idle",
+        "after 300 s idle",
+    ]
 
 
 def test_health_reports_device_memory_and_loaded_models(ps: str) -> None:

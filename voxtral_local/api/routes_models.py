@@ -8,7 +8,8 @@ from fastapi import APIRouter
 from starlette.exceptions import HTTPException
 
 from ..models.catalog import ServedModel
-from ..models.registry import ModelRegistry, Slot
+from ..models.registry import ModelRegistry
+from ..models.slots import Slot
 from ..protocol import Health, Model, ModelDeleted, ModelList, RunningModel
 from .deps import ModelsDep
 from .openapi import COMMON_ERRORS, error_responses
@@ -27,7 +28,7 @@ def describe_model(models: ModelRegistry, model: ServedModel, alias: str | None 
         owned_by=model.owned_by,
         alias_of=model.id if alias else None,
         downloaded=state.downloaded,
-        loaded=models.slot(model.id).backend is not None,
+        loaded=models.is_loaded(model.id),
         size_bytes=state.size_bytes,
         memory_bytes=state.memory_bytes,
     )
@@ -86,16 +87,24 @@ async def delete_model(model_id: str, models: ModelsDep) -> ModelDeleted:
 @router.get("/health", responses=error_responses(403))
 async def health(models: ModelsDep) -> Health:
     """Liveness plus model state: lotti's fields about the default model, the device and its memory, the
-    loaded models. Always 200 while the server runs, the default model's problem (if any) in `model_error`."""
+    loaded models. Always 200 while the server runs, the default model's problem (if any) in `model_error`.
+    What touches the disk (is the default model there) runs on a worker thread, never on the event loop."""
+    return await run_in_worker(health_of, models)
+
+
+def health_of(models: ModelRegistry) -> Health:
+    """`/health`'s answer: cheap (the default model located on disk without sizes, no safetensors header read
+    nor directory walk; the device's free memory), but it touches the disk, so it runs on a worker thread."""
     default = models.catalog.default
     slot = models.slot(default.id)
-    state = models.state(default.id)
+    available, problem = models.availability(default.id)
+    loaded = models.is_loaded(default.id)
     memory = models.memory()
     return Health(
         model=default.id,
-        model_available=state.downloaded,
-        model_loaded=slot.backend is not None,
-        model_error=None if slot.backend is not None else state.problem or slot.load_error,
+        model_available=available,
+        model_loaded=loaded,
+        model_error=None if loaded else problem or slot.load_error,
         device=models.device_name(),
         memory_total_bytes=memory.total,
         memory_available_bytes=memory.available,

@@ -38,7 +38,7 @@ async def load_model(model_id: str, models: ModelsDep) -> Response:
     """Load a served model (201 once loaded); 409 `model_already_loaded` if it is, 404 for an unknown model or
     one not downloaded, 503 when it cannot be loaded (`insufficient_memory` when it does not fit)."""
     model = models.resolve(model_id)
-    if models.slot(model.id).backend is not None:
+    if models.is_loaded(model.id):
         raise already_loaded(model.id)
     if not await run_in_worker(models.load, model.id):
         raise already_loaded(model.id)  # another request loaded it meanwhile

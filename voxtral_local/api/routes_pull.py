@@ -19,6 +19,7 @@ from . import sse
 from .deps import ModelsDep
 from .json_body import openapi_body, read_json
 from .openapi import COMMON_ERRORS, error_responses
+from .workers import run_in_worker
 
 router = APIRouter()
 
@@ -32,7 +33,7 @@ router = APIRouter()
             "description": "The outcome; with `stream` (the default), progress as server-sent events.",
             "content": {"text/event-stream": {"schema": {"type": "string"}}},
         },
-        **error_responses(400, 404, 408, 413, 502, 503, 507, *COMMON_ERRORS),
+        **error_responses(400, 404, 408, 409, 413, 502, 503, 507, *COMMON_ERRORS),
     },
     openapi_extra=openapi_body(ModelPullRequest, required=False),
 )
@@ -41,12 +42,13 @@ async def pull_model(request: Request, models: ModelsDep) -> ModelPullStatus | S
     default model) unless it is complete; a pull of a model being pulled joins that download, and pulls of
     different models run side by side. With `stream` (the default) the progress comes as server-sent events,
     else the outcome when done. A local directory has nothing to pull: its success status at once (one event
-    then `[DONE]` when streaming). The optional JSON body (a `ModelPullRequest`) is parsed in a worker thread,
+    then `[DONE]` when streaming). 409 `model_being_deleted` while `DELETE /v1/models/{id}` removes it. The
+    optional JSON body (a `ModelPullRequest`) is parsed in a worker thread,
     as chat bodies are."""
     params = await read_json(request, ModelPullRequest, default=ModelPullRequest())
     model, name = _named_model(params, models)
     if model.is_local:
-        status = _local_status(models, model, name)
+        status = await run_in_worker(_local_status, models, model, name)  # reads the directory: off the loop
         if params.stream:
             return StreamingResponse(_one_event(status), media_type="text/event-stream", headers=sse.STREAM_HEADERS)
         return status
@@ -106,9 +108,9 @@ def _named_model(params: ModelPullRequest, models: ModelRegistry) -> tuple[Serve
 
 
 def _local_status(models: ModelRegistry, model: ServedModel, name: str) -> ModelPullStatus:
-    """A checkpoint directory has nothing to pull: it is there (success) or it is not (503, with what to do)."""
-    state = models.state(model.id)
-    if not state.downloaded:
+    """A checkpoint directory has nothing to pull: it is there (success) or it is not (503, with what to do).
+    Reads the directory: call it on a worker thread."""
+    if not models.availability(model.id)[0]:
         raise ModelUnavailableError(
             f"The model directory '{model.source}' does not exist or holds no config.json. A local directory "
             "is not pulled: copy the checkpoint there (for example with `hf download <repo> --local-dir "

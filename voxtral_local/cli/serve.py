@@ -37,14 +37,13 @@ def run_server(settings: Settings) -> None:
 
 def startup_line(settings: Settings) -> str:
     """One line: the model(s), device and dtype (resolved from `auto`), address, and the limits."""
-    from ..backends.transformers.runtime import resolve_device, resolve_dtype
+    from ..devices import resolve_device, resolve_dtype
     from ..models.catalog import ModelCatalog
 
     catalog = ModelCatalog(settings)
     served = [f"{m.id}" + ("" if m.id == m.source else f" ({m.source})") for m in catalog.models.values()]
     models = f"models {', '.join(served)} (default {catalog.default.id})"
-    ttl = {-1: "never", 0: "after each request"}.get(int(settings.model_ttl), f"after {settings.model_ttl:g} s idle")
-    models += f", unload {ttl}"
+    models += f", unload {ttl_words(settings.model_ttl)}"
     try:
         device = resolve_device(settings.device)
         where = f"device {device}, dtype {str(resolve_dtype(settings.dtype, device)).removeprefix('torch.')}"
@@ -61,6 +60,16 @@ def startup_line(settings: Settings) -> str:
     )
     host = f"[{settings.host}]" if ":" in settings.host else settings.host
     return f"voxtral-local: {models}; {where}; listening on {host}:{settings.port}; {limits}"
+
+
+def ttl_words(ttl: float) -> str:
+    """When an idle model is unloaded, as the registry reads VOXTRAL_MODEL_TTL (seconds): any negative value
+    means never, 0 right after each request."""
+    if ttl < 0:
+        return "never"
+    if ttl == 0:
+        return "after each request"
+    return f"after {ttl:g} s idle"
 
 
 @with_settings_options

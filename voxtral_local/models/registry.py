@@ -2,9 +2,9 @@
 idle (`VOXTRAL_MODEL_TTL`) or to make room for another (`VOXTRAL_MODELS_MEMORY_GB`).
 
 Requests hold a model while they use it (`ModelRegistry.use`); an unload waits until no request holds it, and
-requests that arrive meanwhile wait for the unload to end and then load the model again. Loading or unloading
-one model never blocks requests to another: each model has its own load lock, and the registry's lock is held
-only to count users and memory.
+requests that arrive meanwhile wait for the unload to end and then load the model again. Each model has its own
+load lock, and the registry's lock is held only to count users and memory, so requests to a loaded model go on
+while another loads or unloads; only a load that unloads idle models to make room holds up requests for those.
 
 Before a load, the weights' memory is estimated from the safetensors headers (`models.memory`) and compared
 with what is free: the device's free memory, or what `VOXTRAL_MODELS_MEMORY_GB` leaves beside the loaded
@@ -22,13 +22,12 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from ..backends.base import ModelBackend
-from ..backends.transformers.runtime import resolve_device, resolve_dtype
+from ..devices import resolve_device, resolve_dtype
 from ..errors import (
     InsufficientMemoryError,
     ModelConflictError,
@@ -38,6 +37,7 @@ from ..errors import (
 )
 from .catalog import ModelCatalog, ServedModel
 from .memory import DeviceMemory, device_memory, disk_bytes, gib, return_freed_memory, weights_bytes
+from .slots import Lease, ModelState, Slot
 from .store import ModelStore, cached_path, locate
 
 logger = logging.getLogger(__name__)
@@ -45,63 +45,6 @@ logger = logging.getLogger(__name__)
 GIB = 1024**3
 # Builds the backend for a served model from its checkpoint directory (not yet loaded).
 BackendFactory = Callable[[ServedModel, Path], ModelBackend]
-
-
-@dataclass
-class Slot:
-    """One served model's state in the registry."""
-
-    model: ServedModel
-    backend: ModelBackend | None = None
-    users: int = 0  # requests holding the model now
-    unloading: bool = False  # an unload (or a deletion) is under way: new users wait
-    last_used: float = 0.0  # time.monotonic() when it loaded or the last user let go
-    load_error: str | None = None  # why the last load failed
-    memory_bytes: int = 0  # the estimated weights of the loaded model
-    reserved: int = 0  # the estimate while it loads
-
-    def __post_init__(self) -> None:
-        self.load_lock = threading.Lock()
-
-    @property
-    def idle(self) -> bool:
-        """Loaded, used by no request, and not being unloaded."""
-        return self.backend is not None and self.users == 0 and not self.unloading
-
-
-@dataclass(frozen=True)
-class ModelState:
-    """What is on disk for a served model: whether it is there, its size, the memory its weights need (bytes),
-    when it was written (Unix time), and why it cannot be used when that is known."""
-
-    downloaded: bool
-    size_bytes: int | None = None
-    memory_bytes: int | None = None
-    created: int = 0
-    problem: str | None = None
-
-
-class Lease:
-    """A hold on a loaded model (`ModelRegistry.acquire`): it is not unloaded until released. Releasing twice
-    is harmless; a `with` block releases at its end."""
-
-    def __init__(self, model_id: str, backend: ModelBackend, release: Callable[[], object]) -> None:
-        self.model_id = model_id
-        self.backend = backend
-        self._release: Callable[[], object] | None = release
-        self._lock = threading.Lock()
-
-    def release(self) -> None:
-        with self._lock:
-            release, self._release = self._release, None
-        if release is not None:
-            release()
-
-    def __enter__(self) -> Lease:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.release()
 
 
 class ModelRegistry:
@@ -138,6 +81,10 @@ class ModelRegistry:
         """The state of a served model (by id)."""
         return self._slots[model_id]
 
+    def is_loaded(self, model_id: str) -> bool:
+        """Whether the served model `model_id` (an id, not an alias) is loaded now."""
+        return self._slots[model_id].backend is not None
+
     def loaded(self) -> list[tuple[Slot, ModelBackend]]:
         """The loaded models with their backends, in the catalog's order."""
         return [(slot, slot.backend) for slot in self._slots.values() if slot.backend is not None]
@@ -163,6 +110,17 @@ class ModelRegistry:
     def memory(self) -> DeviceMemory:
         """The device's total and available memory in bytes (None where unknown)."""
         return device_memory(self.runtime()[0])
+
+    def availability(self, model_id: str) -> tuple[bool, str | None]:
+        """Whether the served model `model_id` is on disk, and why it cannot be used when that is known: `state`
+        without the sizes (no directory walk, no safetensors header read), for `/health`. No network."""
+        try:
+            self._locate(self._slots[model_id].model)
+        except ModelNotDownloadedError:
+            return False, None
+        except ModelUnavailableError as exc:
+            return False, exc.message
+        return True, None
 
     def state(self, model_id: str) -> ModelState:
         """What is on disk for the served model `model_id`, without network: downloaded or not, bytes on disk
@@ -270,16 +228,13 @@ class ModelRegistry:
             slot.unloading = True  # new users wait until the files are gone, then find it not downloaded
             self._cond.wait_for(lambda: slot.users == 0)
         try:
-            if self.store.downloading(model.source):
-                raise ModelConflictError(
-                    f"The model '{model.id}' is being pulled; delete it once the pull has ended.",
-                    param="model",
-                    code="model_download_in_progress",
-                )
-            if cached_path(model.source) is None and not self.store.cached_folder(model.source):
-                raise ModelNotDownloadedError(model.id, f"The model '{model.id}' is not downloaded: nothing to delete.")
-            self._drop_backend(slot, "before deleting it")
-            return self.store.delete(model.source)
+            with self.store.deleting(model.source):  # 409 while it is pulled; no pull of it starts meanwhile
+                if cached_path(model.source) is None and not self.store.cached_folder(model.source):
+                    raise ModelNotDownloadedError(
+                        model.id, f"The model '{model.id}' is not downloaded: nothing to delete."
+                    )
+                self._drop_backend(slot, "before deleting it")
+                return self.store.delete(model.source)
         finally:
             self._release(slot)
 
@@ -292,26 +247,32 @@ class ModelRegistry:
         return slot.backend
 
     def _load_slot(self, slot: Slot) -> bool:
-        """Load the slot's model unless it is loaded (the caller holds it as a user); whether this call did."""
+        """Load the slot's model unless it is loaded (the caller holds it as a user); whether this call did.
+
+        A failure of the model's own (its directory, its checkpoint) is kept as `Slot.load_error` for
+        `/health`; a memory refusal or a failed eviction is about the other models at that moment and is not."""
         with slot.load_lock:
             if slot.backend is not None:
                 return False
-            need = 0
             try:
                 path = self._checkpoint(slot.model)
                 need = weights_bytes(path, self.runtime()[1]) or 0
-                self._make_room(slot, need)
-                try:
-                    backend = self.factory(slot.model, path)
-                    backend.load()
-                finally:
-                    with self._cond:
-                        slot.reserved = 0
             except ModelUnavailableError as exc:
                 slot.load_error = exc.message
                 raise
-            with self._cond:
-                slot.backend, slot.load_error, slot.memory_bytes = backend, None, need
+            self._make_room(slot, need)  # reserves `need`: given back below whatever happens
+            try:
+                backend = self.factory(slot.model, path)
+                backend.load()
+            except BaseException as exc:
+                with self._cond:
+                    slot.reserved = 0
+                    self._cond.notify_all()
+                if isinstance(exc, ModelUnavailableError):
+                    slot.load_error = exc.message
+                raise
+            with self._cond:  # the reservation becomes the loaded weights in one step
+                slot.backend, slot.load_error, slot.memory_bytes, slot.reserved = backend, None, need, 0
                 slot.last_used = time.monotonic()
                 self._cond.notify_all()
             logger.info("loaded %s (weights about %s)", slot.model.id, gib(need))
@@ -334,7 +295,8 @@ class ModelRegistry:
 
     def _make_room(self, slot: Slot, need: int) -> None:
         """Reserve `need` bytes for `slot`'s load, unloading idle models (least recently used first) when that
-        makes enough room; InsufficientMemoryError, with nothing unloaded, when it cannot."""
+        makes enough room; InsufficientMemoryError, with nothing unloaded, when it cannot. When unloading one
+        of them fails, the others are left loaded, nothing is reserved, and ModelUnavailableError says why."""
         cap = int(self.settings.models_memory_gb * GIB)
         with self._cond:
             others = [s for s in self._slots.values() if s is not slot]
@@ -358,8 +320,23 @@ class ModelRegistry:
             for victim in victims:
                 victim.unloading = True
             slot.reserved = need
-        for victim in victims:
-            self._finish_unload(victim, f"to make room for {slot.model.id}")
+        for done, victim in enumerate(victims, 1):
+            try:
+                self._finish_unload(victim, f"to make room for {slot.model.id}")  # releases the victim
+            except BaseException as exc:  # the rest stay loaded and usable; the reservation is given back
+                for rest in victims[done:]:
+                    self._release(rest)
+                with self._cond:
+                    slot.reserved = 0
+                    self._cond.notify_all()
+                if not isinstance(exc, Exception):
+                    raise
+                logger.exception("unloading %s to make room for %s failed", victim.model.id, slot.model.id)
+                raise ModelUnavailableError(
+                    f"Cannot load the model '{slot.model.id}': unloading the idle model '{victim.model.id}' to make "
+                    f"room for it failed ({type(exc).__name__}: {exc}). Try again, or unload a model first "
+                    "(DELETE /api/ps/{model_id})."
+                ) from exc
 
     def _refusal(self, slot: Slot, need: int, free: int, cap: int, others: list[Slot]) -> str:
         where = f"of VOXTRAL_MODELS_MEMORY_GB={self.settings.models_memory_gb:g}" if cap else f"on {self.device_name()}"

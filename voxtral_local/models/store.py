@@ -15,12 +15,17 @@ asks the hub for anything, with a timeout of `PROBE_TIMEOUT_S`; no answer fails 
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import shutil
+import socket
 import threading
 import time
-from collections.abc import Callable
+import urllib.parse
+import urllib.request
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -29,6 +34,7 @@ from tqdm.auto import tqdm
 
 from ..errors import (
     HubUnreachableError,
+    ModelConflictError,
     ModelDownloadError,
     ModelNotDownloadedError,
     ModelUnavailableError,
@@ -110,7 +116,11 @@ class Download:
             path = snapshot_download(self.repo_id, ignore_patterns=MISTRAL_FORMAT_FILES, tqdm_class=counter)
             logger.info("pulled %s into %s", self.repo_id, path)
         except Exception as exc:  # every failure is reported to the pullers, with the reason
-            self.error = exc if isinstance(exc, HubUnreachableError) else download_error(self.repo_id, exc)
+            self.error = ModelDownloadError(f"Pulling '{self.repo_id}' failed: {type(exc).__name__}: {exc}")
+            try:
+                self.error = exc if isinstance(exc, HubUnreachableError) else download_error(self.repo_id, exc)
+            except Exception:  # describing the failure failed: the generic error above stands
+                logger.exception("describing the failed pull of %s failed", self.repo_id)
             logger.warning("%s", " ".join(self.error.message.split()))  # one line, no traceback
         finally:
             progress = self.progress
@@ -127,21 +137,46 @@ class ModelStore:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._downloads: dict[str, Download] = {}
+        self._deleting: set[str] = set()
 
     def start(self, repo_id: str) -> Download:
-        """The running download of `repo_id`, or a new one started on its own thread."""
+        """The running download of `repo_id`, or a new one started on its own thread. ModelConflictError
+        (`model_being_deleted`) while the repository is being deleted from the cache."""
         with self._lock:
+            if repo_id in self._deleting:
+                raise ModelConflictError(
+                    f"The model '{repo_id}' is being deleted from the cache; pull it again once that has ended.",
+                    param="model",
+                    code="model_being_deleted",
+                )
             current = self._downloads.get(repo_id)
             if current is None or current.done.is_set():
                 current = self._downloads[repo_id] = Download(repo_id)
                 threading.Thread(target=current._run, name=f"download {repo_id}", daemon=True).start()
             return current
 
-    def downloading(self, repo_id: str) -> bool:
-        """Whether a download of `repo_id` is running."""
+    @contextmanager
+    def deleting(self, repo_id: str) -> Iterator[None]:
+        """Mark `repo_id` as being deleted for the block: `start` refuses to pull it meanwhile. Raises
+        ModelConflictError (`model_download_in_progress`) when a pull of it runs, or another deletion does."""
         with self._lock:
             current = self._downloads.get(repo_id)
-            return current is not None and not current.done.is_set()
+            if current is not None and not current.done.is_set():
+                raise ModelConflictError(
+                    f"The model '{repo_id}' is being pulled; delete it once the pull has ended.",
+                    param="model",
+                    code="model_download_in_progress",
+                )
+            if repo_id in self._deleting:
+                raise ModelConflictError(
+                    f"The model '{repo_id}' is being deleted already.", param="model", code="model_being_deleted"
+                )
+            self._deleting.add(repo_id)
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._deleting.discard(repo_id)
 
     def cached_folder(self, repo_id: str) -> bool:
         """Whether the cache holds anything of `repo_id` (a complete snapshot, or part of a download)."""
@@ -149,7 +184,8 @@ class ModelStore:
 
     def delete(self, repo_id: str) -> int:
         """Remove every cached revision of the hub repository `repo_id` (snapshots, blobs, refs; the
-        repository's cache folder goes with the last one); the bytes freed, 0 when it was not cached."""
+        repository's cache folder goes with the last one); the bytes freed, 0 when it was not cached. Call it
+        inside `deleting(repo_id)`, so that no pull of it writes meanwhile."""
         from huggingface_hub import scan_cache_dir
 
         freed = 0
@@ -186,10 +222,39 @@ def probe_hub(repo_id: str) -> None:
 
     if constants.is_offline_mode():
         return
+    look_up_within(repo_id, constants.ENDPOINT, PROBE_TIMEOUT_S)
     try:
         get_session().head(constants.ENDPOINT + "/", timeout=PROBE_TIMEOUT_S)
     except Exception as exc:  # refused, timed out, no route, a name that does not resolve, TLS
         raise hub_unreachable(repo_id, f"{type(exc).__name__}: {exc}") from exc
+
+
+def look_up_within(repo_id: str, endpoint: str, seconds: float) -> None:
+    """Resolve the endpoint's host name on a daemon thread and wait `seconds` for it: the HTTP client's timeouts
+    do not cover the system resolver, which can take tens of seconds when no DNS server answers.
+    HubUnreachableError when the lookup takes longer; a lookup that fails is left for the request to report.
+    Nothing is looked up when a proxy serves the endpoint (the proxy resolves it)."""
+    url = urllib.parse.urlsplit(endpoint)
+    host = url.hostname
+    if not host or _proxied(url.scheme, host):
+        return
+    done = threading.Event()
+
+    def look_up() -> None:
+        with contextlib.suppress(OSError, UnicodeError):
+            socket.getaddrinfo(host, url.port or (443 if url.scheme == "https" else 80), type=socket.SOCK_STREAM)
+        done.set()
+
+    threading.Thread(target=look_up, name=f"look up {host}", daemon=True).start()
+    if not done.wait(seconds):
+        raise hub_unreachable(repo_id, f"looking up the name {host} took more than {seconds:g} s")
+
+
+def _proxied(scheme: str, host: str) -> bool:
+    """Whether the environment's proxy settings (as HTTP clients read them) send requests to `host` through a
+    proxy."""
+    proxies = urllib.request.getproxies()
+    return bool(proxies.get(scheme) or proxies.get("all")) and not urllib.request.proxy_bypass(host)
 
 
 def hub_unreachable(repo_id: str, reason: str) -> HubUnreachableError:
@@ -262,18 +327,27 @@ def download_error(repo_id: str, exc: Exception) -> VoxtralError:
     return ModelDownloadError(f"Pulling '{repo_id}' from {constants.ENDPOINT} failed: {reason}.")
 
 
+# The HTTP client's exceptions for a connection that could not be made, by class name (huggingface_hub's client
+# library is its own business: httpx, httpx2 and requests all name them so).
+CONNECTION_ERRORS = frozenset({"ConnectError", "ConnectTimeout", "ConnectionError"})
+
+
 def _is_connection_error(exc: BaseException) -> bool:
-    """Whether `exc` (or its cause) says the hub could not be reached (refused, timed out, no route)."""
-    import httpx2
+    """Whether `exc` (or its cause) says the hub could not be reached (refused, timed out, no route, a name
+    that does not resolve): the HTTP client's connect errors by class name, or the OS's connection errors.
+    huggingface_hub's offline mode is not one (it says so itself)."""
+    from huggingface_hub.errors import OfflineModeIsEnabled
 
     seen: BaseException | None = exc
     for _ in range(8):  # a chain of causes is short; a cycle must not loop
-        if seen is None:
-            break
-        if isinstance(seen, httpx2.ConnectError | httpx2.ConnectTimeout):
+        if seen is None or isinstance(seen, OfflineModeIsEnabled):
+            return False
+        if isinstance(seen, ConnectionError | socket.gaierror):
+            return True
+        if any(cls.__name__ in CONNECTION_ERRORS for cls in type(seen).__mro__):
             return True
         seen = seen.__cause__ or seen.__context__
-    return "ConnectError" in str(exc) or "ConnectTimeout" in str(exc)
+    return any(name in str(exc) for name in ("ConnectError", "ConnectTimeout"))  # a message that quotes one
 
 
 def _counter_class(download: Download) -> type[tqdm]:

@@ -17,6 +17,7 @@ from mistral_common.exceptions import MistralCommonException
 
 from ...audio.decode import SAMPLE_RATE
 from ...config import Settings
+from ...devices import resolve_device, resolve_dtype
 from ...errors import InvalidRequestError, ModelUnavailableError, UndecodableOutputError, shorten
 from ..base import BackendStatus, ChunkOutput, RowsCallback, Sampling, TokenCallback
 from .features import TranscriptionFeatures, window_count, windows_for
@@ -24,7 +25,6 @@ from .generation import RowResult
 from .inputs import Inputs, merge_inputs, split_rows
 from .memory import MemoryPlan
 from .prompts import Conversation, chat_inputs
-from .runtime import resolve_device, resolve_dtype
 from .scheduler import Footprint, Job, Scheduler
 
 logger = logging.getLogger(__name__)

@@ -1,4 +1,5 @@
-"""Pick the torch device and dtype from the `auto|...` settings."""
+"""Pick the torch device and dtype from the `auto|...` settings (shared by the model registry, the backends
+and the CLI)."""
 
 from __future__ import annotations
 
