@@ -229,11 +229,21 @@ def test_loading_makes_room_by_unloading_the_idle_model_and_refuses_when_it_is_i
         error = refused.json()["error"]
         assert (error["type"], error["code"]) == ("server_error", "insufficient_memory")
         assert "need about" in error["message"] and "is free" in error["message"] and B in error["message"]
+        assert "MiB" in error["message"] and "1 request)" in error["message"], "small sizes readable, counted right"
+        assert "Try again when those requests have ended" in error["message"]
         assert loaded(url) == [B], "nothing was unloaded for a load that could not fit"
         assert httpx.get(f"{url}/health").json()["model_error"] is None, "a memory refusal is not the model's fault"
 
         assert httpx.post(f"{url}/api/ps/{A}", timeout=120).status_code == 201
         assert loaded(url) == [A]
+
+
+def test_a_model_that_cannot_fit_at_all_is_refused_without_advice_to_wait(tiny_model_dir: Path) -> None:
+    with running_server(model=str(tiny_model_dir), models_memory_gb=1e-6) as url:
+        refused = httpx.post(f"{url}/api/ps/{A}", timeout=120)
+    assert refused.status_code == 503
+    message = refused.json()["error"]["message"]
+    assert "waiting does not help: raise VOXTRAL_MODELS_MEMORY_GB" in message and "Try again" not in message
 
 
 def test_a_failed_eviction_leaves_the_other_models_usable_and_gives_the_reservation_back(

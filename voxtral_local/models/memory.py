@@ -133,5 +133,8 @@ def return_freed_memory() -> None:
 
 
 def gib(n: int | None) -> str:
-    """`n` bytes as GiB for a message ("1.25 GiB"), or "an unknown amount"."""
-    return "an unknown amount" if n is None else f"{n / 1024**3:.2f} GiB"
+    """`n` bytes for a message: GiB from 1 GiB up ("1.25 GiB"), MiB below ("12.3 MiB"), or "an unknown
+    amount"."""
+    if n is None:
+        return "an unknown amount"
+    return f"{n / 1024**3:.2f} GiB" if abs(n) >= 1024**3 else f"{n / 1024**2:.1f} MiB"

@@ -340,12 +340,22 @@ class ModelRegistry:
 
     def _refusal(self, slot: Slot, need: int, free: int, cap: int, others: list[Slot]) -> str:
         where = f"of VOXTRAL_MODELS_MEMORY_GB={self.settings.models_memory_gb:g}" if cap else f"on {self.device_name()}"
-        busy = [f"'{s.model.id}' ({gib(s.memory_bytes)}, {s.users} requests)" for s in others if s.backend and s.users]
+        busy = [
+            f"'{s.model.id}' ({gib(s.memory_bytes)}, {s.users} request{'' if s.users == 1 else 's'})"
+            for s in others
+            if s.backend and s.users
+        ]
         held = f"; in use, so not unloaded: {', '.join(busy)}" if busy else ""
+        remedy = "raise VOXTRAL_MODELS_MEMORY_GB" if cap else "free memory on the device"
+        if busy:
+            advice = (
+                f"Try again when those requests have ended, unload a model (DELETE /api/ps/{{model_id}}), or {remedy}."
+            )
+        else:  # every idle model is unloaded already: waiting does not help
+            advice = f"No model in use holds the room, so waiting does not help: {remedy}."
         return (
             f"Not enough memory to load the model '{slot.model.id}': its weights need about {gib(need)}, and "
-            f"{gib(max(0, free))} is free {where}{held}. Try again when those requests have ended, unload a model "
-            "(DELETE /api/ps/{model_id}), or raise VOXTRAL_MODELS_MEMORY_GB."
+            f"{gib(max(0, free))} is free {where}{held}. {advice}"
         )
 
     def _finish_unload(self, slot: Slot, why: str) -> None:
