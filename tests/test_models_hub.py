@@ -179,7 +179,10 @@ def test_pull_a_second_hub_model_load_it_without_the_hub_and_delete_it(
         assert httpx.post(f"{url}/api/ps/{SMALL}", timeout=120).status_code == 201
         assert mirror.requests == [], "loading a downloaded model asks the hub nothing"
 
-        deleted = httpx.delete(f"{url}/v1/models/voxtral-small", timeout=60)
+        by_alias = httpx.delete(f"{url}/v1/models/voxtral-small", timeout=60)  # an alias never deletes files
+        assert by_alias.status_code == 400 and by_alias.json()["error"]["code"] == "model_is_alias"
+        assert SMALL in by_alias.json()["error"]["message"]
+        deleted = httpx.delete(f"{url}/v1/models/{SMALL}", timeout=60)
         assert deleted.status_code == 200
         assert deleted.json() == {"id": SMALL, "object": "model", "deleted": True}
         assert not (tmp_path / "hub" / "models--mistralai--Voxtral-Small-24B-2507").exists()

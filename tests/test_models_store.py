@@ -92,3 +92,15 @@ def test_a_name_lookup_that_does_not_answer_fails_the_probe(monkeypatch: pytest.
         stuck.set()
     assert looked_up == ["hub.example.test"]
     assert "looking up the name hub.example.test" in info.value.message and "VOXTRAL_MODEL" in info.value.message
+
+
+def test_a_pull_refused_by_offline_mode_says_how_to_pull(monkeypatch: pytest.MonkeyPatch) -> None:
+    from huggingface_hub import constants
+    from huggingface_hub.errors import OfflineModeIsEnabled
+
+    monkeypatch.setattr(constants, "is_offline_mode", lambda: True)
+
+    error = store_module.download_error("mistralai/Voxtral-Mini-3B-2507", OfflineModeIsEnabled("offline"))
+
+    assert isinstance(error, HubUnreachableError) and error.code == "hub_unreachable"
+    assert "HF_HUB_OFFLINE is set" in error.message and "VOXTRAL_MODEL" in error.message

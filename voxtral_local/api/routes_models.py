@@ -7,6 +7,7 @@ import time
 from fastapi import APIRouter
 from starlette.exceptions import HTTPException
 
+from ..errors import InvalidRequestError, quote
 from ..models.catalog import ServedModel
 from ..models.registry import ModelRegistry
 from ..models.slots import Slot
@@ -52,7 +53,7 @@ def running_model(models: ModelRegistry, slot: Slot) -> RunningModel:
         memory_bytes=slot.memory_bytes,
         requests_in_flight=slot.users,
         idle_seconds=0.0 if slot.users else round(max(0.0, time.monotonic() - slot.last_used), 3),
-        expires_in=models.expires_in(slot),
+        expires_in=None if (expires := models.expires_in(slot)) is None else round(expires, 3),
     )
 
 
@@ -74,12 +75,18 @@ async def retrieve_model(model_id: str, models: ModelsDep) -> Model:
     return await run_in_worker(describe_model, models, model, alias)
 
 
-@router.delete("/v1/models/{model_id:path}", responses=error_responses(404, 409, *COMMON_ERRORS))
+@router.delete("/v1/models/{model_id:path}", responses=error_responses(400, 404, 409, *COMMON_ERRORS))
 async def delete_model(model_id: str, models: ModelsDep) -> ModelDeleted:
     """Remove a downloaded hub model's files from the Hugging Face cache, unloading it first (requests using it
     finish before). 404 for an unknown model or one not downloaded; 409 for a local directory (never
     deleted) or a model being pulled."""
     model = models.resolve(model_id)
+    if model_id != model.id and model_id != model.source:  # an alias (whisper-1) must not delete a checkpoint
+        raise InvalidRequestError(
+            f"{quote(model_id)} is an alias of '{model.id}'; to delete that model's files, name it by its id.",
+            param="model_id",
+            code="model_is_alias",
+        )
     await run_in_worker(models.delete, model.id)
     return ModelDeleted(id=model.id, deleted=True)
 

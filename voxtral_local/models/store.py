@@ -322,6 +322,8 @@ def download_error(repo_id: str, exc: Exception) -> VoxtralError:
         return StorageFullError(f"Pulling '{repo_id}' failed: no space left in the Hugging Face cache ({exc}).")
     elif _is_connection_error(exc):
         return hub_unreachable(repo_id, str(exc))
+    elif constants.is_offline_mode():  # huggingface_hub refuses every hub request while HF_HUB_OFFLINE is set
+        return hub_unreachable(repo_id, "HF_HUB_OFFLINE is set in the server's environment; unset it to pull")
     else:
         reason = f"{type(exc).__name__}: {exc}".strip()
     return ModelDownloadError(f"Pulling '{repo_id}' from {constants.ENDPOINT} failed: {reason}.")
