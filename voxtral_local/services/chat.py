@@ -15,11 +15,11 @@ import numpy as np
 from ..audio.decode import SAMPLE_RATE, decode_audio
 from ..backends.base import Alternatives, Conversation, ModelBackend, Sampling, audio_part
 from ..config import Settings
-from ..errors import AudioTooLongError, InvalidRequestError, ModelNotFoundError
+from ..errors import AudioTooLongError, InvalidRequestError
 from ..languages import language_name, normalize_language
 from ..models.registry import ModelRegistry
 from ..protocol import ChatCompletionContentPartText, ChatCompletionCreateParams, ChatCompletionMessageParam
-from .holds import ModelHold, check_available
+from .holds import ModelHold, check_available, model_id_of
 from .request_log import log_failure, log_request
 from .streaming import OrderedText, token_pieces
 from .transcription import TranscriptionRequest, TranscriptionService
@@ -105,15 +105,9 @@ class ChatService:
             prepared = self._validated(params, cancel)
             hold = ModelHold.acquire(self.models, params.model)
         except BaseException as exc:
-            log_failure("chat", self._model_id(params.model), exc, wall_seconds=time.monotonic() - started)
+            log_failure("chat", model_id_of(self.models, params.model), exc, wall_seconds=time.monotonic() - started)
             raise
         return replace(prepared, hold=hold, started=started)
-
-    def _model_id(self, name: str) -> str:
-        try:
-            return self.models.resolve(name).id
-        except ModelNotFoundError:
-            return name
 
     def _validated(self, params: ChatCompletionCreateParams, cancel: threading.Event | None) -> PreparedChat:
         """The request checked and its audio decoded (its model not yet held)."""

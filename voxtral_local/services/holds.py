@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 from ..backends.base import ModelBackend
-from ..errors import GenerationCancelledError, ModelNotDownloadedError
+from ..errors import GenerationCancelledError, ModelNotDownloadedError, ModelNotFoundError
 from ..models.catalog import ServedModel
 from ..models.registry import Lease, ModelRegistry
 
@@ -35,6 +35,14 @@ def check_available(models: ModelRegistry, name: str) -> ServedModel:
         if model.is_local or not models.settings.auto_download:
             raise
     return model
+
+
+def model_id_of(models: ModelRegistry, name: str) -> str:
+    """The id of the served model `name` means, for a log line; `name` itself when no served model has it."""
+    try:
+        return models.resolve(name).id
+    except ModelNotFoundError:
+        return name
 
 
 class ModelHold:

@@ -21,9 +21,8 @@ from ..audio.chunking import AudioChunk, split_audio
 from ..audio.decode import decode_audio, decode_head, duration_seconds
 from ..backends.base import ChunkOutput, ModelBackend, Sampling, audio_part
 from ..config import Settings
-from ..errors import ModelNotFoundError
 from ..models.registry import ModelRegistry
-from .holds import ModelHold, check_available
+from .holds import ModelHold, check_available, model_id_of
 from .joining import join_texts
 from .progress import ChunkProgress, ProgressCallback, fan_out, fan_out_rows
 from .request_log import log_failure, log_request
@@ -200,7 +199,8 @@ class TranscriptionService:
                 audio = self.decode_start(audio, request.cancel)
             hold = ModelHold.acquire(self.models, request.model)
         except BaseException as exc:
-            log_failure("transcription", self._model_id(request.model), exc, wall_seconds=time.monotonic() - started)
+            wall = time.monotonic() - started
+            log_failure("transcription", model_id_of(self.models, request.model), exc, wall_seconds=wall)
             raise
         return replace(request, audio=audio, hold=hold, started=started)
 
@@ -220,19 +220,12 @@ class TranscriptionService:
         `hold`, the model is checked before any audio is decoded)."""
         return self._run(request, instruction)
 
-    def _model_id(self, name: str) -> str:
-        """The served model's id for the log; the name as asked when no served model has it."""
-        try:
-            return self.models.resolve(name).id
-        except ModelNotFoundError:
-            return name
-
     def _logged(self, kind: str, request: TranscriptionRequest, instruction: str | None) -> TranscriptionResult:
         started = time.monotonic() if request.started is None else request.started
         try:
             result = self._run(request, instruction)
         except BaseException as exc:
-            log_failure(kind, self._model_id(request.model), exc, wall_seconds=time.monotonic() - started)
+            log_failure(kind, model_id_of(self.models, request.model), exc, wall_seconds=time.monotonic() - started)
             raise
         log_request(
             kind,
