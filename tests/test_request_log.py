@@ -1,5 +1,6 @@
 """One INFO line per model request (transcription, translation, chat): model, audio seconds, chunks, tokens,
-wall time and RTFx."""
+wall time (from the request's start, decoding included) and RTFx; a failed request logs one line with its
+error code."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import logging
 import re
 from typing import Any
 
+import openai
 import pytest
 from openai import OpenAI
 from openai.types.audio import TranscriptionTextDoneEvent
@@ -21,9 +23,12 @@ LINE = re.compile(
 )
 
 
-def request_lines(caplog: pytest.LogCaptureFixture) -> list[dict[str, str]]:
+FAILED = re.compile(r"^(?P<kind>\w+) model=(?P<model>\S+) error=(?P<code>\w+) wall=(?P<wall>[\d.]+)s$")
+
+
+def request_lines(caplog: pytest.LogCaptureFixture, line: re.Pattern[str] = LINE) -> list[dict[str, str]]:
     lines = [r.getMessage() for r in caplog.records if r.name == "voxtral_local.requests" and r.levelno == logging.INFO]
-    matches = [LINE.match(line) for line in lines]
+    matches = [line.match(text) for text in lines]
     assert all(matches), lines
     return [m.groupdict() for m in matches if m]
 
@@ -58,3 +63,20 @@ def test_a_streamed_transcription_logs_once_it_ends(client: OpenAI, caplog: pyte
     done = events[-1]
     assert isinstance(done, TranscriptionTextDoneEvent) and done.usage is not None
     assert line["kind"] == "transcription" and int(line["completion"]) == done.usage.output_tokens
+
+
+def test_a_failed_request_logs_one_line_with_its_code(client: OpenAI, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="voxtral_local.requests")
+    junk = b"not audio at all" * 10
+    with pytest.raises(openai.BadRequestError):
+        client.audio.transcriptions.create(model="whisper-1", file=("x.wav", junk))
+    with pytest.raises(openai.BadRequestError):
+        client.audio.transcriptions.create(model="voxtral-tiny", file=("x.wav", junk), stream=True)
+    with pytest.raises(openai.BadRequestError):
+        client.audio.translations.create(model="voxtral-tiny", file=("x.wav", junk))
+    part: Any = {"type": "input_audio", "input_audio": {"data": base64.b64encode(junk).decode(), "format": "wav"}}
+    with pytest.raises(openai.BadRequestError):
+        client.chat.completions.create(model="voxtral-tiny", messages=[{"role": "user", "content": [part]}])
+    lines = request_lines(caplog, FAILED)
+    assert [line["kind"] for line in lines] == ["transcription", "transcription", "translation", "chat"]
+    assert all(line["model"] == "voxtral-tiny" and line["code"] == "invalid_audio" for line in lines)

@@ -7,9 +7,11 @@ import contextlib
 import threading
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 from fastapi import Request
+from fastapi.responses import StreamingResponse
+from starlette.types import Receive, Scope, Send
 
 from ..errors import ServerShuttingDownError
 from .workers import InFlight, run_in_worker
@@ -106,3 +108,19 @@ async def stream_deltas(work: DeltaWork[R], inflight: InFlight) -> AsyncIterator
         yield Failed(exc)
     finally:
         cancel.set()
+
+
+class ClosingStreamingResponse(StreamingResponse):
+    """A StreamingResponse that calls `on_close` once it is over, however it ends: sent whole, failed, or
+    cancelled (the client left) before or after its body began, so that what a request held for its stream
+    (its model) is let go even when the body is never iterated."""
+
+    def __init__(self, *args: Any, on_close: Callable[[], None], **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._on_close = on_close
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self._on_close()

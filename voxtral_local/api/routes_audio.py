@@ -8,7 +8,7 @@ from dataclasses import replace
 from typing import Any
 
 from fastapi import APIRouter, Request, Response
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import JSONResponse
 
 from ..languages import normalize_language
 from ..protocol import (
@@ -25,11 +25,21 @@ from ..responses.transcription import Task, bytes_of, render, token_logprobs, to
 from ..services.streaming import TextDelta
 from ..services.transcription import TranscriptionRequest, TranscriptionResult
 from . import sse
-from .background import Delta, DeltaWork, Done, Emit, Progress, inflight_of, run_until_disconnect, stream_deltas
+from .background import (
+    ClosingStreamingResponse,
+    Delta,
+    DeltaWork,
+    Done,
+    Emit,
+    Progress,
+    inflight_of,
+    run_until_disconnect,
+    stream_deltas,
+)
 from .deps import ModelsDep, SettingsDep, TranscriptionServiceDep
 from .forms import LIST_FIELDS, audio_form, check_transcription_options, parse_audio_form, upload_bytes
 from .openapi import MODEL_WORK_ERRORS, error_responses, multipart_body
-from .workers import InFlight, run_in_worker
+from .workers import InFlight
 
 router = APIRouter()
 
@@ -63,24 +73,31 @@ async def create_transcription(
         data = upload_bytes(upload)
     headers = {"X-Voxtral-Ignored-Fields": "prompt"} if params.prompt else {}
     logprobs = "logprobs" in params.include
-    # Only the head of a long upload is decoded before its first chunk goes to the model; the rest meanwhile.
-    # Decoding stops if the client leaves (or at the shutdown deadline), as generation does.
-    audio = await run_until_disconnect(request, lambda cancel: service.decode_start(data, cancel))
+    # The service checks the model before decoding; only the head of a long upload is decoded before its
+    # first chunk goes to the model, the rest meanwhile. Decoding stops if the client leaves (or at the
+    # shutdown deadline), as generation does.
     asked = TranscriptionRequest(
-        model=params.model, audio=audio, language=language, temperature=params.temperature, logprobs=logprobs
+        model=params.model, audio=data, language=language, temperature=params.temperature, logprobs=logprobs
     )
     if params.stream:
-        await run_in_worker(service.prepare, params.model)  # a load failure is an error status, not a stream error
+        # Decoded and loaded before the stream starts (a failure is an error status, not a stream error); the
+        # model stays held until the work ends, or until the response ends if the work never starts.
+        prepared = await run_until_disconnect(request, lambda cancel: service.prepare(replace(asked, cancel=cancel)))
+        try:
 
-        def work(emit: Emit, cancel: threading.Event) -> TranscriptionResult:
-            on_progress = lambda done, total: emit(Progress(done, total))  # noqa: E731
-            return service.transcribe(replace(asked, on_delta=emit, on_progress=on_progress, cancel=cancel))
+            def work(emit: Emit, cancel: threading.Event) -> TranscriptionResult:
+                on_progress = lambda done, total: emit(Progress(done, total))  # noqa: E731
+                return service.transcribe(replace(prepared, on_delta=emit, on_progress=on_progress, cancel=cancel))
 
-        return StreamingResponse(
-            _transcript_events(work, logprobs, inflight_of(request)),
-            media_type="text/event-stream",
-            headers={**sse.STREAM_HEADERS, **headers},
-        )
+            return ClosingStreamingResponse(
+                _transcript_events(work, logprobs, inflight_of(request)),
+                media_type="text/event-stream",
+                headers={**sse.STREAM_HEADERS, **headers},
+                on_close=prepared.close,
+            )
+        except BaseException:
+            prepared.close()
+            raise
     result = await run_until_disconnect(request, lambda cancel: service.transcribe(replace(asked, cancel=cancel)))
     return _rendered(result, params.response_format, "transcribe", headers, _logprobs(result) if logprobs else None)
 
@@ -98,8 +115,7 @@ async def create_translation(
     async with audio_form(request, settings) as form:
         upload, params = parse_audio_form(form, models, TranslationCreateParams)
         data = upload_bytes(upload)
-    samples = await run_until_disconnect(request, lambda cancel: service.decode(data, cancel))
-    asked = TranscriptionRequest(model=params.model, audio=samples, temperature=params.temperature)
+    asked = TranscriptionRequest(model=params.model, audio=data, temperature=params.temperature)
     result = await run_until_disconnect(request, lambda cancel: service.translate(replace(asked, cancel=cancel)))
     headers = {"X-Voxtral-Ignored-Fields": "prompt"} if params.prompt else {}
     return _rendered(result, params.response_format, "translate", headers)

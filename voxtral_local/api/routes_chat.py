@@ -8,13 +8,23 @@ import uuid
 from collections.abc import AsyncIterator
 
 from fastapi import APIRouter, Request, Response
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import JSONResponse
 
 from ..protocol import ChatCompletion, ChatCompletionCreateParams
 from ..responses.chat import ChunkStream, chat_completion
 from ..services.chat import ChatResult
 from . import sse
-from .background import Delta, DeltaWork, Done, Emit, Failed, inflight_of, run_until_disconnect, stream_deltas
+from .background import (
+    ClosingStreamingResponse,
+    Delta,
+    DeltaWork,
+    Done,
+    Emit,
+    Failed,
+    inflight_of,
+    run_until_disconnect,
+    stream_deltas,
+)
 from .deps import ChatServiceDep, ModelsDep
 from .forms import served_model
 from .ignored_fields import ignored_fields_header
@@ -43,21 +53,32 @@ async def create_chat_completion(request: Request, models: ModelsDep, chat: Chat
     (a `ChatCompletionCreateParams`) is parsed in a worker thread."""
     params = await read_json(request, ChatCompletionCreateParams)
     served_model(models, params.model)
+    # The model is checked before any audio is decoded, then loaded and held until `run` ends (or the
+    # response ends, if `run` never starts).
     prepared = await run_until_disconnect(request, lambda cancel: chat.prepare(params, cancel))
-    completion_id = f"chatcmpl-{uuid.uuid4().hex}"
-    created = int(time.time())
-    # Unknown fields are accepted (as OpenAI's clients send many), and named, so that none goes unnoticed.
-    headers = ignored_fields_header(params.ignored_fields)
-    if params.stream:
-        include_usage = bool(params.stream_options and params.stream_options.include_usage)
-        stream = ChunkStream(completion_id, created, params.model, include_usage, bool(params.logprobs))
+    try:
+        completion_id = f"chatcmpl-{uuid.uuid4().hex}"
+        created = int(time.time())
+        # Unknown fields are accepted (as OpenAI's clients send many), and named, so that none goes unnoticed.
+        headers = ignored_fields_header(params.ignored_fields)
+        if params.stream:
+            include_usage = bool(params.stream_options and params.stream_options.include_usage)
+            stream = ChunkStream(completion_id, created, params.model, include_usage, bool(params.logprobs))
 
-        def work(emit: Emit, cancel: threading.Event) -> ChatResult:
-            return chat.run(prepared, on_delta=emit, cancel=cancel)
+            def work(emit: Emit, cancel: threading.Event) -> ChatResult:
+                return chat.run(prepared, on_delta=emit, cancel=cancel)
 
-        events = _events(work, stream, inflight_of(request))
-        return StreamingResponse(events, media_type="text/event-stream", headers={**sse.STREAM_HEADERS, **headers})
-    result = await run_until_disconnect(request, lambda cancel: chat.run(prepared, cancel=cancel))
+            events = _events(work, stream, inflight_of(request))
+            return ClosingStreamingResponse(
+                events,
+                media_type="text/event-stream",
+                headers={**sse.STREAM_HEADERS, **headers},
+                on_close=prepared.close,
+            )
+        result = await run_until_disconnect(request, lambda cancel: chat.run(prepared, cancel=cancel))
+    except BaseException:
+        prepared.close()
+        raise
     body = chat_completion(
         result, completion_id=completion_id, created=created, model=params.model, logprobs=bool(params.logprobs)
     )

@@ -7,7 +7,7 @@ import binascii
 import threading
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 import numpy as np
@@ -19,7 +19,8 @@ from ..errors import AudioTooLongError, InvalidRequestError
 from ..languages import language_name, normalize_language
 from ..models.registry import ModelRegistry
 from ..protocol import ChatCompletionContentPartText, ChatCompletionCreateParams, ChatCompletionMessageParam
-from .request_log import log_request
+from .holds import ModelHold, check_available, model_id_of
+from .request_log import log_failure, log_request
 from .streaming import OrderedText, token_pieces
 from .transcription import TranscriptionRequest, TranscriptionService
 
@@ -47,7 +48,8 @@ class ChatResult:
 
 @dataclass(frozen=True)
 class PreparedChat:
-    """A validated request with its audio decoded, ready to run."""
+    """A validated request with its audio decoded and its model loaded and held, ready to run. `run` lets the
+    hold go when it ends; a request that never runs must `close()` it."""
 
     params: ChatCompletionCreateParams
     conversation: Conversation | None = None  # the messages path
@@ -55,6 +57,13 @@ class PreparedChat:
     instruction: str = DEFAULT_INSTRUCTION
     language: str | None = None
     audio_seconds: float = 0.0  # in the messages or the recording
+    hold: ModelHold | None = None  # set by `ChatService.prepare`
+    started: float = 0.0  # time.monotonic() when the request began (its logged wall time counts from then)
+
+    def close(self) -> None:
+        """Let the model go unless `run` has begun (it lets it go at its end); idempotent."""
+        if self.hold is not None:
+            self.hold.close()
 
 
 def decode_base64_audio(
@@ -84,10 +93,24 @@ class ChatService:
         self.transcription = transcription
 
     def prepare(self, params: ChatCompletionCreateParams, cancel: threading.Event | None = None) -> PreparedChat:
-        """Validate, decode and load the model (blocking), so that a stream starts only once nothing but
-        generation can fail. Raises InvalidRequestError for anything the model cannot take,
-        GenerationCancelledError once `cancel` is set while audio is being decoded, and the registry's errors
-        (ModelNotFoundError, ModelNotDownloadedError, ModelUnavailableError) for the model."""
+        """Check the model is on disk, validate, decode, then load and hold the model (blocking), so that a
+        stream starts only once nothing but generation can fail; `run` (or `PreparedChat.close`) lets the
+        model go. Raises, holding nothing and logged as one line: the registry's errors (ModelNotFoundError,
+        ModelNotDownloadedError, ModelUnavailableError) for the model, before any audio is decoded;
+        InvalidRequestError for anything the model cannot take; GenerationCancelledError once `cancel` is set
+        while audio is being decoded."""
+        started = time.monotonic()
+        try:
+            check_available(self.models, params.model)
+            prepared = self._validated(params, cancel)
+            hold = ModelHold.acquire(self.models, params.model)
+        except BaseException as exc:
+            log_failure("chat", model_id_of(self.models, params.model), exc, wall_seconds=time.monotonic() - started)
+            raise
+        return replace(prepared, hold=hold, started=started)
+
+    def _validated(self, params: ChatCompletionCreateParams, cancel: threading.Event | None) -> PreparedChat:
+        """The request checked and its audio decoded (its model not yet held)."""
         if params.top_logprobs and not params.logprobs:
             raise InvalidRequestError("'top_logprobs' needs 'logprobs': true.", param="top_logprobs")
         if params.logprobs and params.audio is not None:
@@ -104,8 +127,6 @@ class ChatService:
                 raise InvalidRequestError("'language' applies only together with 'audio'.", param="language")
             conversation, seconds = self._conversation(params.messages, cancel)
             prepared = PreparedChat(params=params, conversation=conversation, audio_seconds=seconds)
-        with self.models.use(params.model):
-            pass
         return prepared
 
     def run(
@@ -115,10 +136,39 @@ class ChatService:
         on_delta: Callable[[str], None] | None = None,
         cancel: threading.Event | None = None,
     ) -> ChatResult:
-        """Generate the reply (blocking), logged as one line; `on_delta` receives text as it is produced.
-        InvalidRequestError (`context_length_exceeded`) when the prompt and `max_tokens` do not fit the
-        model's context."""
-        started = time.monotonic()
+        """Generate the reply (blocking), logged as one line (a failure too, with its code), then let the
+        model go; `on_delta` receives text as it is produced. InvalidRequestError (`context_length_exceeded`)
+        when the prompt and `max_tokens` do not fit the model's context; GenerationCancelledError when the
+        request was closed before it ran."""
+        hold = prepared.hold
+        if hold is None:
+            raise ValueError("a chat runs once ChatService.prepare has held its model")
+        try:
+            result, chunks = self._run(prepared, hold, on_delta, cancel)
+        except BaseException as exc:
+            log_failure("chat", hold.model_id, exc, wall_seconds=time.monotonic() - prepared.started)
+            raise
+        finally:
+            hold.close()  # a no-op once the work began: its end let the model go
+        log_request(
+            "chat",
+            hold.model_id,
+            audio_seconds=prepared.audio_seconds,
+            chunks=chunks,
+            prompt_tokens=result.prompt_tokens,
+            completion_tokens=result.completion_tokens,
+            wall_seconds=time.monotonic() - prepared.started,
+        )
+        return result
+
+    def _run(
+        self,
+        prepared: PreparedChat,
+        hold: ModelHold,
+        on_delta: Callable[[str], None] | None,
+        cancel: threading.Event | None,
+    ) -> tuple[ChatResult, int]:
+        """The reply and the rows it took, on the held model."""
         params = prepared.params
         max_new = params.max_completion_tokens or params.max_tokens
         chunks = 1
@@ -132,6 +182,7 @@ class ChatService:
                 max_tokens_per_chunk=max_new,
                 on_delta=on_delta,
                 cancel=cancel,
+                hold=hold,
             )
             transcript = self.transcription.transcribe_with_instruction(request, prepared.instruction)
             chunks = len(transcript.segments)
@@ -142,18 +193,9 @@ class ChatService:
                 completion_tokens=transcript.completion_tokens,
             )
         else:
-            with self.models.use(params.model) as backend:
+            with hold.work() as backend:
                 result = self._reply(backend, prepared, max_new, on_delta, cancel)
-        log_request(
-            "chat",
-            self.models.resolve(params.model).id,
-            audio_seconds=prepared.audio_seconds,
-            chunks=chunks,
-            prompt_tokens=result.prompt_tokens,
-            completion_tokens=result.completion_tokens,
-            wall_seconds=time.monotonic() - started,
-        )
-        return result
+        return result, chunks
 
     def _reply(
         self,

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 
+from ..errors import VoxtralError
+
 logger = logging.getLogger("voxtral_local.requests")
 
 
@@ -32,3 +34,11 @@ def log_request(
         wall_seconds,
         rtfx,
     )
+
+
+def log_failure(kind: str, model: str, error: BaseException, *, wall_seconds: float) -> None:
+    """Log a model request that failed, in one line: `kind`, the model (its id, or the name asked for when no
+    served model has it), the error's code (`internal_error` for anything not a VoxtralError) and the wall
+    seconds until it failed."""
+    code = getattr(error, "code", None) if isinstance(error, VoxtralError) else None
+    logger.info("%s model=%s error=%s wall=%.2fs", kind, model, code or "internal_error", wall_seconds)

@@ -1,8 +1,9 @@
 """Transcription of a whole upload: decode, cut into chunks, transcribe the chunks as a batch, join.
 
-The service owns text: it hands the backend (taken from the model registry for the request's model, held
-while it works) its token and row callbacks, which `OrderedText` turns into streamed text and
-`ChunkProgress` into progress, and joins the chunks' texts into the transcript.
+The service owns text: it hands the backend (taken from the model registry for the request's model, checked
+to be on disk before any audio is decoded, and held while it works) its token and row callbacks, which
+`OrderedText` turns into streamed text and `ChunkProgress` into progress, and joins the chunks' texts into
+the transcript.
 """
 
 from __future__ import annotations
@@ -11,7 +12,8 @@ import threading
 import time
 import zlib
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass, field
+from contextlib import ExitStack
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -20,9 +22,10 @@ from ..audio.decode import decode_audio, decode_head, duration_seconds
 from ..backends.base import ChunkOutput, ModelBackend, Sampling, audio_part
 from ..config import Settings
 from ..models.registry import ModelRegistry
+from .holds import ModelHold, check_available, model_id_of
 from .joining import join_texts
 from .progress import ChunkProgress, ProgressCallback, fan_out, fan_out_rows
-from .request_log import log_request
+from .request_log import log_failure, log_request
 from .streaming import OrderedText, token_pieces
 
 DeltaCallback = Callable[[str], None]
@@ -82,7 +85,9 @@ class TranscriptionRequest:
     detect. `max_tokens_per_chunk`: a cap below each chunk's own. `logprobs`: put the tokens' bytes into the
     result and the deltas (`pieces`). `on_delta`: the text as it is produced (`TextDelta`s). `on_progress`:
     seconds of audio done and in all (None until the whole upload is decoded), as chunks finish. `cancel`:
-    set it to stop (GenerationCancelledError)."""
+    set it to stop (GenerationCancelledError). `hold` and `started` are set by `TranscriptionService.prepare`:
+    the request's model, loaded and held until the work ends, and when the request began (time.monotonic()),
+    from which its logged wall time counts."""
 
     model: str
     audio: bytes | np.ndarray | PartialUpload
@@ -94,6 +99,13 @@ class TranscriptionRequest:
     on_delta: DeltaCallback | None = None
     on_progress: ProgressCallback | None = None
     cancel: threading.Event | None = None
+    hold: ModelHold | None = None
+    started: float | None = None
+
+    def close(self) -> None:
+        """Let the hold from `prepare` go unless the work has begun (it lets it go at its end); idempotent."""
+        if self.hold is not None:
+            self.hold.close()
 
 
 class ChunkedAudio:
@@ -174,26 +186,47 @@ class TranscriptionService:
         )
         return head if complete else PartialUpload(data, head)
 
-    def prepare(self, model: str) -> None:
-        """Load `model` unless it is loaded (before a stream starts, so that a failure is an error status)."""
-        with self.models.use(model):
-            pass
+    def prepare(self, request: TranscriptionRequest) -> TranscriptionRequest:
+        """Before a streamed `transcribe` starts, so that a failure is an error status: check the model is on
+        disk, decode the upload's head (`decode_start`), then load and hold the model. Returns the request
+        with its audio decoded that far, the hold (let go when `transcribe` ends; `hold.close()` if it is
+        never called) and its start time. Raises as `transcribe` does (logged as one line), holding nothing."""
+        started = time.monotonic()
+        try:
+            check_available(self.models, request.model)
+            audio = request.audio
+            if isinstance(audio, bytes):
+                audio = self.decode_start(audio, request.cancel)
+            hold = ModelHold.acquire(self.models, request.model)
+        except BaseException as exc:
+            wall = time.monotonic() - started
+            log_failure("transcription", model_id_of(self.models, request.model), exc, wall_seconds=wall)
+            raise
+        return replace(request, audio=audio, hold=hold, started=started)
 
     def transcribe(self, request: TranscriptionRequest) -> TranscriptionResult:
-        """The transcript, with the official transcription prompt per chunk; logged as one line."""
+        """The transcript, with the official transcription prompt per chunk; logged as one line (a failure
+        too, with its code). The model is checked before any audio is decoded; an upload given as bytes has
+        its head decoded first and the rest while the first chunk is transcribed."""
         return self._logged("transcription", request, None)
 
     def translate(self, request: TranscriptionRequest) -> TranscriptionResult:
-        """The English translation (`request.language` is not used); logged as one line."""
+        """The English translation (`request.language` is not used); logged as one line (a failure too), its
+        wall time including the decoding."""
         return self._logged("translation", request, TRANSLATE_INSTRUCTION)
 
     def transcribe_with_instruction(self, request: TranscriptionRequest, instruction: str) -> TranscriptionResult:
-        """Each chunk answered with a chat prompt: its audio, then `instruction` (the caller logs it)."""
+        """Each chunk answered with a chat prompt: its audio, then `instruction` (the caller logs it; with no
+        `hold`, the model is checked before any audio is decoded)."""
         return self._run(request, instruction)
 
     def _logged(self, kind: str, request: TranscriptionRequest, instruction: str | None) -> TranscriptionResult:
-        started = time.monotonic()
-        result = self._run(request, instruction)
+        started = time.monotonic() if request.started is None else request.started
+        try:
+            result = self._run(request, instruction)
+        except BaseException as exc:
+            log_failure(kind, model_id_of(self.models, request.model), exc, wall_seconds=time.monotonic() - started)
+            raise
         log_request(
             kind,
             self.models.resolve(request.model).id,
@@ -206,40 +239,59 @@ class TranscriptionService:
         return result
 
     def _run(self, request: TranscriptionRequest, instruction: str | None) -> TranscriptionResult:
+        with ExitStack() as stack:
+            # A hold from `prepare` is let go when this ends, whatever happens; without one, the model is
+            # checked before the audio is decoded and loaded after (a bad upload loads nothing).
+            held = None if request.hold is None else stack.enter_context(request.hold.work())
+            if held is None:
+                check_available(self.models, request.model)
+            upload = self._chunked(request, instruction)
+            backend = held if held is not None else stack.enter_context(self.models.use(request.model))
+            return self._work(backend, upload, request, instruction)
+        raise AssertionError("unreachable")  # mypy: ExitStack may swallow exceptions
+
+    def _chunked(self, request: TranscriptionRequest, instruction: str | None) -> ChunkedAudio:
+        """The request's audio cut into chunks; bytes are decoded here (for a plain transcription only the
+        head, the rest while the first chunk is transcribed)."""
         audio, cancel = request.audio, request.cancel
-        if isinstance(audio, bytes) or (isinstance(audio, PartialUpload) and instruction is not None):
+        if isinstance(audio, bytes) and instruction is None:
+            audio = self.decode_start(audio, cancel)
+        elif isinstance(audio, bytes) or (isinstance(audio, PartialUpload) and instruction is not None):
             audio = self.decode(audio if isinstance(audio, bytes) else audio.data, cancel)
-        upload = ChunkedAudio(audio, self.settings.chunk_seconds, lambda data: self.decode(data, cancel))
+        return ChunkedAudio(audio, self.settings.chunk_seconds, lambda data: self.decode(data, cancel))
+
+    def _work(
+        self, backend: ModelBackend, upload: ChunkedAudio, request: TranscriptionRequest, instruction: str | None
+    ) -> TranscriptionResult:
         language = None if instruction == TRANSLATE_INSTRUCTION else request.language
-        with self.models.use(request.model) as backend:
-            text = None
-            if request.on_delta is not None:
-                token_bytes = backend.token_bytes if request.logprobs else None
-                text = OrderedText(
-                    backend.decode,
-                    eos_token_id=backend.eos_token_id,
-                    caps=(),
-                    language=language,
-                    token_bytes=token_bytes,
-                )
-            progress = None
-            if request.on_progress is not None:
-                progress = ChunkProgress(
-                    request.on_progress,
-                    eos_token_id=backend.eos_token_id,
-                    duration=lambda i: upload.chunks[i].duration_s,
-                    total=lambda: upload.duration,
-                )
-            outputs = self._generate(backend, upload, request, language, instruction, text, progress)
-            if text is not None and request.on_delta is not None:
-                for delta in text.finish([out.text for out in outputs]):
-                    request.on_delta(delta)
-            if progress is not None:
-                progress.finish()
-            pieces = {}
-            if request.logprobs:
-                ids = [token for out in outputs for token in out.token_ids]
-                pieces = token_pieces(backend.token_bytes, ids, ())
+        text = None
+        if request.on_delta is not None:
+            token_bytes = backend.token_bytes if request.logprobs else None
+            text = OrderedText(
+                backend.decode,
+                eos_token_id=backend.eos_token_id,
+                caps=(),
+                language=language,
+                token_bytes=token_bytes,
+            )
+        progress = None
+        if request.on_progress is not None:
+            progress = ChunkProgress(
+                request.on_progress,
+                eos_token_id=backend.eos_token_id,
+                duration=lambda i: upload.chunks[i].duration_s,
+                total=lambda: upload.duration,
+            )
+        outputs = self._generate(backend, upload, request, language, instruction, text, progress)
+        if text is not None and request.on_delta is not None:
+            for delta in text.finish([out.text for out in outputs]):
+                request.on_delta(delta)
+        if progress is not None:
+            progress.finish()
+        pieces = {}
+        if request.logprobs:
+            ids = [token for out in outputs for token in out.token_ids]
+            pieces = token_pieces(backend.token_bytes, ids, ())
         assert upload.samples is not None  # decoded whole, or the job would have failed
         return self._result(upload, outputs, language, request.temperature, pieces)
 
