@@ -111,11 +111,16 @@ class ModelRegistry:
         """The device's total and available memory in bytes (None where unknown)."""
         return device_memory(self.runtime()[0])
 
+    def locate(self, model_id: str) -> Path:
+        """The checkpoint directory of the served model `model_id`, from the disk alone: ModelNotDownloadedError
+        (a hub model not in the cache) or ModelUnavailableError (a local directory missing or unreadable)."""
+        return self._locate(self._slots[model_id].model)
+
     def availability(self, model_id: str) -> tuple[bool, str | None]:
         """Whether the served model `model_id` is on disk, and why it cannot be used when that is known: `state`
         without the sizes (no directory walk, no safetensors header read), for `/health`. No network."""
         try:
-            self._locate(self._slots[model_id].model)
+            self.locate(model_id)
         except ModelNotDownloadedError:
             return False, None
         except ModelUnavailableError as exc:

@@ -27,10 +27,10 @@ def check_available(models: ModelRegistry, name: str) -> ServedModel:
     ModelNotDownloadedError (404) or ModelUnavailableError (503, a local directory that is missing). Reads the
     disk (the hub cache) but never the network: call it on a worker thread, before decoding any audio."""
     model = models.resolve(name)
-    if models.slot(model.id).backend is not None:
+    if models.is_loaded(model.id):
         return model
     try:
-        models._locate(model)
+        models.locate(model.id)
     except ModelNotDownloadedError:
         if model.is_local or not models.settings.auto_download:
             raise
