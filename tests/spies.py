@@ -1,4 +1,4 @@
-"""Watching the real model from tests: a hook before each forward pass of a module."""
+"""Watching the real model from tests: a hook before each forward pass of a module; the loads a registry makes."""
 
 from __future__ import annotations
 
@@ -23,3 +23,20 @@ def spy_forward(module: Any, on_call: Callable[[tuple[Any, ...], dict[str, Any]]
         yield
     finally:
         del module.forward
+
+
+@contextmanager
+def counted_builds(models: Any) -> Iterator[list[str]]:
+    """The ids of the backends the model registry `models` builds in the block (each build is a load)."""
+    calls: list[str] = []
+    factory = models.factory
+
+    def counting(model: Any, path: Any) -> Any:
+        calls.append(model.id)
+        return factory(model, path)
+
+    models.factory = counting
+    try:
+        yield calls
+    finally:
+        models.factory = factory

@@ -28,7 +28,7 @@ from voxtral_local.services.transcription import TranscriptionService
 from voxtral_local.testing.audio_files import encode
 
 from .conftest import APPS, FIXTURES, running_server
-from .spies import spy_forward
+from .spies import counted_builds, spy_forward
 from .test_chunking import speech_with_gaps
 
 MODEL = "voxtral-tiny"
@@ -49,23 +49,6 @@ def wait_until(check: Callable[[], bool], seconds: float = 30) -> None:
     while not check():
         assert time.monotonic() < deadline, "the condition did not come true in time"
         time.sleep(0.05)
-
-
-@contextmanager
-def counted_builds(models: ModelRegistry) -> Iterator[list[str]]:
-    """The ids of the backends the registry builds in the block (each build is a load)."""
-    calls: list[str] = []
-    factory = models.factory
-
-    def counting(model: Any, path: Path) -> Any:
-        calls.append(model.id)
-        return factory(model, path)
-
-    models.factory = counting
-    try:
-        yield calls
-    finally:
-        models.factory = factory
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,6 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
 
 import httpx
 import openai
@@ -25,6 +24,7 @@ from voxtral_local.models.registry import ModelRegistry
 from voxtral_local.testing.tiny_model import build_tiny_model
 
 from .conftest import APPS, FIXTURES, running_server
+from .spies import counted_builds
 
 A, B = "voxtral-tiny", "voxtral-tiny-b"
 OPENAI_ALIASES = ("whisper-1", "gpt-4o-transcribe", "gpt-4o-mini-transcribe")
@@ -144,16 +144,7 @@ def test_api_ps_loads_and_unloads_by_id_and_alias(ps: str) -> None:
 
 
 def test_concurrent_first_loads_load_once(ps: str) -> None:
-    models = registry(ps)
-    calls: list[str] = []
-    factory = models.factory
-
-    def counting(model: Any, path: Path) -> Any:
-        calls.append(model.id)
-        return factory(model, path)
-
-    models.factory = counting
-    try:
+    with counted_builds(registry(ps)) as calls:
         with httpx.Client(timeout=120) as client:
             statuses: list[int] = []
             threads = [
@@ -164,10 +155,8 @@ def test_concurrent_first_loads_load_once(ps: str) -> None:
                 thread.start()
             for thread in threads:
                 thread.join(timeout=120)
-    finally:
-        models.factory = factory
-    assert calls == [B]
-    assert sorted(statuses) == [201] + [409] * 7
+        assert calls == [B]
+        assert sorted(statuses) == [201] + [409] * 7
 
 
 def test_unload_waits_for_the_request_using_the_model(ps: str) -> None:
@@ -194,23 +183,15 @@ def test_an_idle_model_is_unloaded_after_the_ttl(tiny_model_dir: Path, ttl: int)
 
 
 def test_ttl_zero_unloads_right_after_a_transcription(tiny_model_dir: Path) -> None:
-    """Needs the routes to use the registry (the layering change)."""
     with running_server(model=str(tiny_model_dir), model_ttl=0) as url:
         models = registry(url)
-        calls: list[str] = []
-        factory = models.factory
-
-        def counting(model: Any, path: Path) -> Any:
-            calls.append(model.id)
-            return factory(model, path)
-
-        models.factory = counting
-        client = OpenAI(base_url=f"{url}/v1", api_key="x", max_retries=0, timeout=120)
-        for _ in range(2):
-            with open(FIXTURES / "speech.wav", "rb") as f:
-                assert isinstance(client.audio.transcriptions.create(model=A, file=f).text, str)
-            wait_until(lambda: loaded(url) == [] and models.slot(A).users == 0)
-        assert calls == [A, A], "each request loaded the model, which was unloaded after it"
+        with counted_builds(models) as calls:
+            client = OpenAI(base_url=f"{url}/v1", api_key="x", max_retries=0, timeout=120)
+            for _ in range(2):
+                with open(FIXTURES / "speech.wav", "rb") as f:
+                    assert isinstance(client.audio.transcriptions.create(model=A, file=f).text, str)
+                wait_until(lambda: loaded(url) == [] and models.slot(A).users == 0)
+            assert calls == [A, A], "each request loaded the model, which was unloaded after it"
 
 
 def test_loading_makes_room_by_unloading_the_idle_model_and_refuses_when_it_is_in_use(

@@ -16,7 +16,8 @@ from voxtral_local.models.registry import ModelRegistry
 from voxtral_local.testing.tiny_model import build_tiny_model
 
 from .conftest import APPS, FIXTURES, running_server
-from .test_model_holds import counted_builds, loaded
+from .spies import counted_builds
+from .test_model_holds import loaded
 
 A, B = "voxtral-tiny", "voxtral-tiny-b"
 WAV = (FIXTURES / "speech.wav").read_bytes()
