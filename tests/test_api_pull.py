@@ -236,7 +236,7 @@ def test_offline_mode_says_so_and_touches_no_network(mirror: HubMirror, tmp_path
         healthy = httpx.get(f"{url}/health").json()
     assert response.status_code == 502
     error = response.json()["error"]
-    assert error["code"] == "model_download_failed" and "HF_HUB_OFFLINE" in error["message"]
+    assert error["code"] == "hub_unreachable" and "HF_HUB_OFFLINE is set" in error["message"]
     assert mirror.requests == []
     assert healthy["status"] == "healthy" and healthy["model_available"] is False
 
