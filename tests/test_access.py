@@ -313,6 +313,7 @@ def test_binding_beyond_loopback_without_a_key_warns(tiny_model_dir: Path, tmp_p
     assert "without VOXTRAL_API_KEY" in log and "VOXTRAL_ALLOWED_HOSTS is empty" in log
 
 
+@pytest.mark.slow  # a server process of its own; the warning's positive case stays in the default loop
 def test_binding_loopback_does_not_warn(tiny_model_dir: Path, tmp_path: Path) -> None:
     """127.0.0.1 is covered by the servers above; localhost and ::1 here."""
     for host in ("localhost", "::1"):

@@ -133,7 +133,10 @@ def test_work_still_running_at_the_deadline_is_stopped_and_the_process_exits_0(
     work.assert_stopped_by_shutdown()
 
 
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+# SIGINT takes the same path as SIGTERM (api/shutdown.py); it runs with `-m slow`.
+@pytest.mark.parametrize(
+    "sig", [signal.SIGTERM, pytest.param(signal.SIGINT, marks=pytest.mark.slow)], ids=["SIGTERM", "SIGINT"]
+)
 def test_a_request_in_flight_completes_and_new_connections_are_refused(
     tiny_model_dir: Path, tmp_path: Path, sig: signal.Signals
 ) -> None:
