@@ -277,6 +277,7 @@ def test_allowed_hosts_add_names_and_patterns(tiny_model_dir: Path) -> None:
         assert httpx.get(f"{url}/v1/models", headers={"Host": "anything.example"}).status_code == 200
 
 
+@pytest.mark.slow  # a server process of its own
 def test_forwarded_for_is_ignored_unless_a_proxy_is_named(tiny_model_dir: Path, tmp_path: Path) -> None:
     """uvicorn's access log names the client: a forged X-Forwarded-For must not change it."""
     forged = {"X-Forwarded-For": "203.0.113.7", "X-Forwarded-Proto": "https"}

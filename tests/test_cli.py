@@ -179,6 +179,7 @@ def test_config_refuses_an_invalid_value_naming_the_variable(tmp_path: Path) -> 
 # transcribe
 
 
+@pytest.mark.slow  # in-process transcribe also runs in the json test
 def test_transcribe_in_process_writes_one_file_per_input_and_reports_a_missing_one(
     tiny_model_dir: Path, audio: Path, tmp_path: Path
 ) -> None:
@@ -279,6 +280,7 @@ def test_transcribe_without_any_file_starts_nothing(tmp_path: Path) -> None:
 # ls, pull, ps, rm
 
 
+@pytest.mark.slow  # in-process pull and ls also run in the rm test
 def test_ls_and_pull_in_process_for_a_local_model_directory(tiny_model_dir: Path, tmp_path: Path) -> None:
     listed = cli("ls", cwd=tmp_path, **model(tiny_model_dir))
     pulled = cli("pull", "voxtral-tiny", cwd=tmp_path, **model(tiny_model_dir))
@@ -318,6 +320,7 @@ def listed(ls_json: subprocess.CompletedProcess[str]) -> dict[str, object]:
     return next(entry for entry in json.loads(ls_json.stdout)["data"] if entry["id"] == HUB_REPO)
 
 
+@pytest.mark.slow  # pull and ls of a hub model also run in the rm test; this one adds the bar
 def test_pull_downloads_a_hub_model_with_progress_and_ls_shows_it(mirror: HubMirror, tmp_path: Path) -> None:
     home = tmp_path / "hf"
 

@@ -69,10 +69,12 @@ def test_unloading_gives_the_memory_back(server: tuple[str, int], large_model_di
         loaded = rss(pid)
         assert loaded - before > 0.7 * weights, (before, loaded, weights)
         assert httpx.delete(f"{url}/api/ps/{MODEL}", timeout=120).status_code == 204
+        # Kept weights would leave at least their own size; glibc keeps some freed pages in its arenas (41 % of
+        # the weights seen once on a fresh CI machine), so the bound is 60 %: well below one model's worth.
         deadline = time.monotonic() + 30
-        while rss(pid) - before > 0.4 * weights and time.monotonic() < deadline:
+        while rss(pid) - before > 0.6 * weights and time.monotonic() < deadline:
             time.sleep(0.2)
-        assert rss(pid) - before < 0.4 * weights, (before, loaded, rss(pid), weights)
+        assert rss(pid) - before < 0.6 * weights, (before, loaded, rss(pid), weights)
 
 
 @pytest.mark.gpu

@@ -153,6 +153,7 @@ def test_a_request_in_flight_completes_and_new_connections_are_refused(
         assert exit_code(process, signalled) == 0
 
 
+@pytest.mark.slow  # the deadline test stops work the same way
 def test_a_second_sigint_stops_the_work_at_once(tiny_model_dir: Path, long_mp3: bytes, tmp_path: Path) -> None:
     with server_process(tiny_model_dir, tmp_path, shutdown_timeout="600") as (process, url):
         work = LongWork(url, long_mp3)
