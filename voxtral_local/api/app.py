@@ -62,10 +62,10 @@ def create_app(settings: Settings, backends: Mapping[str, ModelBackend] | None =
         app.state.transcription = TranscriptionService(settings, models)
         app.state.chat = ChatService(settings, models, app.state.transcription)
         for model_id in backends or {}:
-            await run_in_worker(_load, models, model_id)
+            await run_in_worker(models.load, model_id)
         if settings.preload:
             try:
-                await run_in_worker(_load, models, models.catalog.default.id)
+                await run_in_worker(models.load, models.catalog.default.id)
             except VoxtralError as exc:  # not downloaded, missing, unloadable, too big: said once, not fatal
                 logger.error("preload failed; requests will get an error until it loads: %s", exc.message)
         admission.models = models
@@ -90,8 +90,3 @@ def create_app(settings: Settings, backends: Mapping[str, ModelBackend] | None =
     app.include_router(routes_pull.router)
     app.include_router(routes_ps.router)
     return app
-
-
-def _load(models: ModelRegistry, model_id: str) -> None:
-    with models.use(model_id):
-        pass
