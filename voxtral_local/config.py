@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from typing import Literal
+from urllib.parse import urlsplit
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_MODEL = "mistralai/Voxtral-Mini-3B-2507"
@@ -53,6 +54,37 @@ class Settings(BaseSettings):
         description="GiB that the weights of all loaded models may take together (estimated from the safetensors "
         "headers and the dtype); idle models are unloaded, least recently used first, to make room for another, "
         "else loading it is a 503. 0: auto, the memory free on the device.",
+    )
+    backend: Literal["transformers", "vllm"] = Field(
+        "transformers",
+        description="Where the served models run: `transformers` in this process; `vllm` on the OpenAI-compatible "
+        "servers VOXTRAL_VLLM_URLS names (VOXTRAL_MODEL and VOXTRAL_MODELS then name their model ids, and every "
+        "model they list is served too). With `transformers` and VOXTRAL_VLLM_URLS set, the models the upstreams "
+        "list that are not served here go to them.",
+    )
+    vllm_urls: str = Field(
+        "",
+        description="Comma-separated base URLs of vLLM (or other OpenAI-compatible) servers, e.g. "
+        "`http://gpu1:8000,http://gpu2:8000` (a trailing `/v1` is accepted).",
+    )
+    vllm_api_key: SecretStr | None = Field(None, description="Bearer token sent to every upstream; unset: none.")
+    vllm_max_in_flight: int = Field(
+        32, ge=1, description="Most requests in flight to one upstream; further chunks wait for a free place."
+    )
+    vllm_timeout_s: float = Field(
+        60.0,
+        gt=0,
+        description="Seconds an upstream may stay silent while answering a chunk (before its first token, or "
+        "between two) before it is marked down and the chunk is retried on another upstream.",
+    )
+    vllm_connect_timeout_s: float = Field(
+        3.0, gt=0, description="Seconds to open a connection to an upstream before it counts as down."
+    )
+    vllm_health_interval_s: float = Field(
+        5.0,
+        gt=0,
+        description="Seconds between polls of each upstream's `GET /v1/models`: a down upstream is skipped until a "
+        "poll sees it again, and models an upstream starts serving are added.",
     )
     host: str = Field("127.0.0.1", description="Interface to listen on.")
     port: int = Field(11344, ge=1, le=65535, description="TCP port to listen on.")
@@ -153,10 +185,34 @@ class Settings(BaseSettings):
             raise ValueError("VOXTRAL_MODEL must not be empty")
         return value
 
-    @field_validator("api_key", "forwarded_allow_ips", mode="before")
+    @field_validator("api_key", "vllm_api_key", "forwarded_allow_ips", mode="before")
     @classmethod
     def _empty_is_unset(cls, value: object) -> object:
         return None if isinstance(value, str) and not value.strip() else value
+
+    @field_validator("vllm_urls")
+    @classmethod
+    def _check_urls(cls, value: str) -> str:
+        for url in _split(value, lower=False):
+            parts = urlsplit(url)
+            if parts.scheme not in ("http", "https") or not parts.hostname or parts.query or parts.fragment:
+                raise ValueError(f"VOXTRAL_VLLM_URLS: '{url}' is not an http(s) base URL such as http://gpu1:8000")
+        return value
+
+    @model_validator(mode="after")
+    def _vllm_needs_urls(self) -> Settings:
+        if self.backend == "vllm" and not self.vllm_url_list:
+            raise ValueError("VOXTRAL_BACKEND=vllm needs VOXTRAL_VLLM_URLS (the base URLs of the vLLM servers)")
+        return self
+
+    @property
+    def vllm_url_list(self) -> list[str]:
+        """VOXTRAL_VLLM_URLS as API roots ending in `/v1`, each once, in the order given."""
+        roots = []
+        for url in _split(self.vllm_urls, lower=False):
+            root = url.rstrip("/")
+            roots.append(root if root.endswith("/v1") else root + "/v1")
+        return list(dict.fromkeys(roots))
 
     @property
     def max_upload_bytes(self) -> int:

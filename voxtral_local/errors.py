@@ -54,6 +54,9 @@ class ErrorKind(Enum):
     FORBIDDEN = "forbidden"
     REQUEST_TIMEOUT = "request_timeout"
     TOO_MANY_CONNECTIONS = "too_many_connections"
+    # Upstream model servers (VOXTRAL_BACKEND=vllm)
+    UPSTREAM_FAILED = "upstream_failed"
+    UPSTREAM_TIMEOUT = "upstream_timeout"
 
 
 class VoxtralError(Exception):
@@ -269,3 +272,24 @@ class TooManyConnectionsError(VoxtralError):
 
     kind = ErrorKind.TOO_MANY_CONNECTIONS
     code = "too_many_connections"
+
+
+class UpstreamUnavailableError(ModelUnavailableError):
+    """No upstream model server that serves the model is up (all marked down, or none lists it)."""
+
+    code = "upstream_unavailable"
+
+
+class UpstreamError(VoxtralError):
+    """The upstream model servers failed a request: refused the connection or answered with a server error,
+    also on the retry."""
+
+    kind = ErrorKind.UPSTREAM_FAILED
+    code = "upstream_error"
+
+
+class UpstreamTimeoutError(UpstreamError):
+    """An upstream stayed silent longer than VOXTRAL_VLLM_TIMEOUT_S, also on the retry."""
+
+    kind = ErrorKind.UPSTREAM_TIMEOUT
+    code = "upstream_timeout"

@@ -102,7 +102,13 @@ class Model(BaseModel):
     memory_bytes: int | None = Field(
         None,
         description="Memory the weights need when loaded (from the safetensors headers and the dtype); null when "
-        "not known (not downloaded).",
+        "not known (not downloaded, or on the upstreams).",
+    )
+    backend: Literal["transformers", "vllm"] = Field(
+        "transformers", description="Where it runs: in this process, or on the upstream vLLM servers."
+    )
+    upstreams: list[str] | None = Field(
+        None, description="For a model on the upstreams: the URLs of those that are up and list it now."
     )
 
 
@@ -166,6 +172,24 @@ class ModelPullStatus(BaseModel):
     files_total: int
 
 
+class UpstreamHealth(BaseModel):
+    """One upstream model server (VOXTRAL_VLLM_URLS) in `/health`."""
+
+    url: str = Field(description="Its API root (ending in /v1).")
+    state: Literal["unknown", "up", "down"] = Field(
+        description="`down` after a refused connection, a timeout or a server error, until a health check (GET "
+        "/v1/models each VOXTRAL_VLLM_HEALTH_INTERVAL_S) sees it answer again."
+    )
+    in_flight: int = Field(description="Requests (one per chunk) it is answering now.")
+    max_in_flight: int = Field(description="VOXTRAL_VLLM_MAX_IN_FLIGHT: further requests wait.")
+    requests: int = Field(description="Requests sent to it since this server started.")
+    models: list[str] = Field(description="The model ids it listed at its last health check.")
+    kind: Literal["vllm", "openai"] = Field(description="`vllm` when its model list says `owned_by: vllm`.")
+    last_error: str | None = Field(None, description="What its last failure was; null if none.")
+    last_error_at: float | None = Field(None, description="Unix time of its last failure.")
+    checked_at: float | None = Field(None, description="Unix time of its last health check.")
+
+
 class Health(BaseModel):
     """`GET /health`: the fields lotti's earlier local services reported (about the default model), plus the
     device, its memory and the loaded models."""
@@ -184,6 +208,9 @@ class Health(BaseModel):
     memory_available_bytes: int | None = Field(None, description="Memory free on the device now; null if unknown.")
     loaded_models: list[RunningModel] = Field(default_factory=list)
     max_audio_minutes: float
+    upstreams: list[UpstreamHealth] | None = Field(
+        None, description="Each upstream model server of VOXTRAL_VLLM_URLS; null when none is configured."
+    )
 
 
 class ErrorDetail(BaseModel):

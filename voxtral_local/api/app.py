@@ -12,6 +12,7 @@ from fastapi import FastAPI
 from .. import __version__
 from ..backends.base import ModelBackend
 from ..backends.transformers import TransformersBackend
+from ..backends.vllm import UpstreamPool, VllmBackend
 from ..config import Settings
 from ..errors import VoxtralError
 from ..models.catalog import ModelCatalog, ServedModel
@@ -30,24 +31,38 @@ from .workers import InFlight, run_in_worker
 logger = logging.getLogger(__name__)
 
 
-def model_registry(settings: Settings, backends: Mapping[str, ModelBackend] | None = None) -> ModelRegistry:
+def model_registry(
+    settings: Settings, backends: Mapping[str, ModelBackend] | None = None, upstreams: UpstreamPool | None = None
+) -> ModelRegistry:
     """The served models (VOXTRAL_MODEL, VOXTRAL_MODELS) with a `TransformersBackend` each, loaded on first
-    use. `backends` are built already (by id; the benchmark's model lives only in memory): the registry takes
-    them as they are, with no checkpoint directory looked for. Such a backend cannot be loaded again once
-    unloaded, so serve it with `VOXTRAL_MODEL_TTL=-1` (the benchmark does)."""
+    use, or a `VllmBackend` on `upstreams` for a remote one (VOXTRAL_BACKEND=vllm, or a model the upstreams list;
+    the registry learns those from the pool's health check). `backends` are built already (by id; the
+    benchmark's model lives only in memory): the registry takes them as they are, with no checkpoint directory
+    looked for. Such a backend cannot be loaded again once unloaded, so serve it with `VOXTRAL_MODEL_TTL=-1` (the
+    benchmark does)."""
     given = dict(backends or {})
     catalog = ModelCatalog(settings)
     unknown = set(given) - set(catalog.models)
     if unknown:
         raise ValueError(f"backends given for models that are not served: {sorted(unknown)}")
 
-    def factory(model: ServedModel, path: Path) -> ModelBackend:
-        return given.get(model.id) or TransformersBackend(model.id, path, settings)
+    def factory(model: ServedModel, path: Path | None) -> ModelBackend:
+        if model.id in given:
+            return given[model.id]
+        if model.remote:
+            assert upstreams is not None  # a remote model exists only with VOXTRAL_VLLM_URLS
+            return VllmBackend(model.id, model.source, upstreams, settings)
+        assert path is not None
+        return TransformersBackend(model.id, path, settings)
 
     def find(model: ServedModel) -> Path:
         return Path(model.source) if model.id in given else locate(model)
 
-    return ModelRegistry(catalog, factory, find)
+    registry = ModelRegistry(catalog, factory, find)
+    registry.upstreams = upstreams
+    if upstreams is not None:
+        upstreams.on_models = registry.add_remote
+    return registry
 
 
 def create_app(settings: Settings, backends: Mapping[str, ModelBackend] | None = None) -> FastAPI:
@@ -57,7 +72,10 @@ def create_app(settings: Settings, backends: Mapping[str, ModelBackend] | None =
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         app.state.settings = settings
-        models = app.state.models = model_registry(settings, backends)
+        upstreams = UpstreamPool(settings) if settings.vllm_url_list else None
+        models = app.state.models = model_registry(settings, backends, upstreams)
+        if upstreams is not None:  # the first health check, which adds the models the upstreams list
+            await run_in_worker(upstreams.start)
         models.start()  # the idle unload (VOXTRAL_MODEL_TTL)
         app.state.transcription = TranscriptionService(settings, models)
         app.state.chat = ChatService(settings, models, app.state.transcription)
@@ -72,6 +90,8 @@ def create_app(settings: Settings, backends: Mapping[str, ModelBackend] | None =
         yield
         inflight.stop_all()  # nothing should be left by now; whatever is (a forced exit) stops with the backends
         models.close()
+        if upstreams is not None:
+            await run_in_worker(upstreams.close)
 
     app = FastAPI(title="voxtral-local", version=__version__, lifespan=lifespan)
     install_error_handlers(app)

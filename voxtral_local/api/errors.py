@@ -33,6 +33,8 @@ STATUS: dict[ErrorKind, tuple[int, str]] = {
     ErrorKind.FORBIDDEN: (403, "invalid_request_error"),
     ErrorKind.REQUEST_TIMEOUT: (408, "invalid_request_error"),
     ErrorKind.TOO_MANY_CONNECTIONS: (503, "server_error"),
+    ErrorKind.UPSTREAM_FAILED: (502, "server_error"),  # an upstream model server refused or failed
+    ErrorKind.UPSTREAM_TIMEOUT: (504, "server_error"),
 }
 
 

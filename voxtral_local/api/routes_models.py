@@ -7,11 +7,12 @@ import time
 from fastapi import APIRouter
 from starlette.exceptions import HTTPException
 
+from ..backends.vllm.upstreams import UpstreamStatus
 from ..errors import InvalidRequestError, quote
 from ..models.catalog import ServedModel
 from ..models.registry import ModelRegistry
 from ..models.slots import Slot
-from ..protocol import Health, Model, ModelDeleted, ModelList, RunningModel
+from ..protocol import Health, Model, ModelDeleted, ModelList, RunningModel, UpstreamHealth
 from .deps import ModelsDep
 from .openapi import COMMON_ERRORS, error_responses
 from .workers import run_in_worker
@@ -23,6 +24,7 @@ def describe_model(models: ModelRegistry, model: ServedModel, alias: str | None 
     """A served model (or an alias of it, which says what it means) as an OpenAI model object, with what is
     on disk (read from the cache or the directory, no network) and whether it is loaded."""
     state = models.state(model.id)
+    pool = models.upstreams
     return Model(
         id=alias or model.id,
         created=state.created,
@@ -32,6 +34,8 @@ def describe_model(models: ModelRegistry, model: ServedModel, alias: str | None 
         loaded=models.is_loaded(model.id),
         size_bytes=state.size_bytes,
         memory_bytes=state.memory_bytes,
+        backend=model.backend,
+        upstreams=pool.serving(model.source) if model.remote and pool is not None else None,
     )
 
 
@@ -46,10 +50,11 @@ def list_all(models: ModelRegistry) -> ModelList:
 def running_model(models: ModelRegistry, slot: Slot) -> RunningModel:
     """A loaded model as `GET /api/ps` and `/health` list it."""
     device, dtype = models.runtime()
+    remote = slot.model.remote
     return RunningModel(
         id=slot.model.id,
-        device=str(device),
-        dtype=str(dtype).removeprefix("torch."),
+        device="vllm" if remote else str(device),
+        dtype=None if remote else str(dtype).removeprefix("torch."),
         memory_bytes=slot.memory_bytes,
         requests_in_flight=slot.users,
         idle_seconds=0.0 if slot.users else round(max(0.0, time.monotonic() - slot.last_used), 3),
@@ -117,4 +122,21 @@ def health_of(models: ModelRegistry) -> Health:
         memory_available_bytes=memory.available,
         loaded_models=[running_model(models, s) for s, _ in models.loaded()],
         max_audio_minutes=models.settings.max_audio_minutes,
+        upstreams=None if models.upstreams is None else [upstream_health(u) for u in models.upstreams.snapshot()],
+    )
+
+
+def upstream_health(status: UpstreamStatus) -> UpstreamHealth:
+    """An upstream's state as `/health` lists it."""
+    return UpstreamHealth(
+        url=status.url,
+        state=status.state,
+        in_flight=status.in_flight,
+        max_in_flight=status.max_in_flight,
+        requests=status.requests,
+        models=status.models,
+        kind=status.flavor,
+        last_error=status.last_error,
+        last_error_at=status.last_error_at,
+        checked_at=status.checked_at,
     )

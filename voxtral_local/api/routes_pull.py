@@ -10,7 +10,7 @@ from typing import Literal
 from fastapi import APIRouter, Request
 from fastapi.responses import StreamingResponse
 
-from ..errors import InvalidRequestError, ModelUnavailableError, quote
+from ..errors import InvalidRequestError, ModelConflictError, ModelUnavailableError, quote
 from ..models.catalog import ServedModel
 from ..models.registry import ModelRegistry
 from ..models.store import Download, PullProgress
@@ -42,11 +42,19 @@ async def pull_model(request: Request, models: ModelsDep) -> ModelPullStatus | S
     default model) unless it is complete; a pull of a model being pulled joins that download, and pulls of
     different models run side by side. With `stream` (the default) the progress comes as server-sent events,
     else the outcome when done. A local directory has nothing to pull: its success status at once (one event
-    then `[DONE]` when streaming). 409 `model_being_deleted` while `DELETE /v1/models/{id}` removes it. The
+    then `[DONE]` when streaming). 409 `model_being_deleted` while `DELETE /v1/models/{id}` removes it, and
+    `model_is_remote` for a model on the upstream vLLM servers. The
     optional JSON body (a `ModelPullRequest`) is parsed in a worker thread,
     as chat bodies are."""
     params = await read_json(request, ModelPullRequest, default=ModelPullRequest())
     model, name = _named_model(params, models)
+    if model.remote:
+        raise ModelConflictError(
+            f"The model '{model.id}' runs on the upstream vLLM servers (VOXTRAL_VLLM_URLS): nothing to pull here; "
+            "`vllm serve` downloads it on their machines.",
+            param="model",
+            code="model_is_remote",
+        )
     if model.is_local:
         status = await run_in_worker(_local_status, models, model, name)  # reads the directory: off the loop
         if params.stream:

@@ -1,11 +1,11 @@
 """What any model server must do for the services: the `ModelBackend` interface.
 
-The transformers backend (`backends.transformers.TransformersBackend`, Voxtral in this process) is the first
-implementation; a vLLM backend (a client of one or more vLLM servers) and the realtime model are the next. So
-the interface speaks of rows (one prompt each: a chunk of audio, or a chat conversation) and of what each row
-generated, not of KV caches or schedulers. A backend that gives text rather than token ids returns
-`ChunkOutput`s with empty `token_ids`, `decode` of its own pseudo-ids, or streams no tokens at all (the services
-then send each row's text when it finishes).
+Two implementations: `backends.transformers.TransformersBackend` (Voxtral in this process, with its own batched
+decode loop) and `backends.vllm.VllmBackend` (a client of upstream vLLM servers, one request per row). So the
+interface speaks of rows (one prompt each: a chunk of audio, or a chat conversation) and of what each row
+generated, not of KV caches or schedulers. A backend that gives text rather than token ids (vLLM streams text)
+reports pseudo-ids of its own, one per piece of text, that its `decode` and `token_bytes` understand, and sets
+`ChunkOutput.completion_tokens` to the model's own count (the pseudo-ids are then never shown to clients).
 
 Nothing here imports FastAPI, the services or the model store: a backend is handed a checkpoint directory
 (`models.store` resolves hub ids to one) and gives tokens; the services own text.
@@ -13,6 +13,7 @@ Nothing here imports FastAPI, the services or the model store: a backend is hand
 
 from __future__ import annotations
 
+import math
 import threading
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -29,6 +30,16 @@ TokenCallback = Callable[[int, int, float, Alternatives], None]
 RowsCallback = Callable[[Sequence[int]], None]
 # A chat conversation in transformers' `apply_chat_template` shape; audio parts are `audio_part(samples)`.
 Conversation = list[dict[str, Any]]
+
+AUDIO_TOKENS_PER_SECOND = 12.5  # Voxtral's audio encoder: 375 tokens per 30 s window
+CAP_MARGIN_TOKENS = 32  # added to every chunk's token cap (a short chunk may still say a few words)
+
+
+def chunk_token_cap(duration_s: float, tokens_per_second: float, max_tokens: int | None = None) -> int:
+    """New-token cap for a chunk of `duration_s` seconds of audio: `tokens_per_second` of it (generous enough
+    for very fast speech; VOXTRAL_MAX_TOKENS_PER_AUDIO_SECOND) plus a margin, at most `max_tokens`."""
+    cap = math.ceil(duration_s * tokens_per_second) + CAP_MARGIN_TOKENS
+    return cap if max_tokens is None else min(cap, max_tokens)
 
 
 def audio_part(samples: np.ndarray) -> dict[str, Any]:
@@ -48,6 +59,7 @@ class Sampling:
     stop: tuple[str, ...] = ()
     min_new_tokens: int = 0  # end-of-sequence is suppressed until then (benchmarks force equal work)
     top_logprobs: int = 0  # alternatives recorded at each step (chat's `top_logprobs`)
+    logprobs: bool = False  # the caller reports each token's logprob (a backend that must ask for them does)
 
 
 @dataclass(frozen=True)
@@ -63,10 +75,21 @@ class ChunkOutput:
     finish_reason: FinishReason
     prompt_tokens: int
     audio_tokens: int
+    completion_tokens: int | None = None  # the model's count when `token_ids` are a text backend's pseudo-ids
 
     @property
     def hit_cap(self) -> bool:
         return self.finish_reason == "length"
+
+    @property
+    def generated_tokens(self) -> int:
+        """Tokens the model generated for this row."""
+        return len(self.token_ids) if self.completion_tokens is None else self.completion_tokens
+
+    @property
+    def vocabulary_ids(self) -> list[int]:
+        """`token_ids` when they are the model's vocabulary ids; empty for a text backend's pseudo-ids."""
+        return self.token_ids if self.completion_tokens is None else []
 
 
 @dataclass(frozen=True)

@@ -5,12 +5,20 @@ a local checkpoint directory (served under the directory's name); `VOXTRAL_SERVE
 default. Aliases are names that mean a served model: the built-in ones (OpenAI's transcription model names
 mean the default model, so that clients written for OpenAI work unchanged; `voxtral-mini`/`voxtral-small`
 mean Mistral's hub ids) and `VOXTRAL_MODEL_ALIASES`. An alias whose model is not served is left out.
+
+A model is served by this process (`backend="transformers"`) or by upstream vLLM servers (`backend="vllm"`,
+`remote`): with `VOXTRAL_BACKEND=vllm` the configured models are upstream model ids, and the models the upstreams
+list are added as they are found (`add_remote`), also with `VOXTRAL_BACKEND=transformers` for those not served
+here. The model tables are replaced, never changed in place, so that readers on other threads iterate safely.
 """
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 from ..config import Settings
 from ..errors import ModelNotFoundError
@@ -19,6 +27,7 @@ VOXTRAL_MINI = "mistralai/Voxtral-Mini-3B-2507"
 VOXTRAL_SMALL = "mistralai/Voxtral-Small-24B-2507"
 DEFAULT_MODEL_ALIASES = ("whisper-1", "gpt-4o-transcribe", "gpt-4o-mini-transcribe")
 HUB_ALIASES = {"voxtral-mini": VOXTRAL_MINI, "voxtral-small": VOXTRAL_SMALL}
+BackendName = Literal["transformers", "vllm"]
 
 
 def is_local_source(source: str) -> bool:
@@ -37,12 +46,19 @@ class ServedModel:
     """One model this server serves: the id clients send, and where its checkpoint comes from."""
 
     id: str
-    source: str  # hub id, or the directory as configured
+    source: str  # hub id, or the directory as configured; for a remote model, the id its upstreams list
     is_default: bool
+    backend: BackendName = "transformers"
+
+    @property
+    def remote(self) -> bool:
+        """Served by upstream model servers (VOXTRAL_VLLM_URLS), not in this process."""
+        return self.backend == "vllm"
 
     @property
     def is_local(self) -> bool:
-        return is_local_source(self.source)
+        """A checkpoint directory on this machine (never for a remote model)."""
+        return not self.remote and is_local_source(self.source)
 
     @property
     def directory(self) -> Path:
@@ -52,28 +68,40 @@ class ServedModel:
     @property
     def owned_by(self) -> str:
         """The hub organisation, or `local` for a directory."""
+        if self.remote:
+            return self.source.split("/", 1)[0] if "/" in self.source else "vllm"
         return "local" if self.is_local or "/" not in self.source else self.source.split("/", 1)[0]
 
 
 class ModelCatalog:
-    """The served models and their aliases, fixed at startup from the settings.
+    """The served models and their aliases: the configured ones from the settings at startup, and remote models
+    added as the upstreams list them (`add_remote`).
 
-    Raises ValueError (at construction) when two models would share an id, or an alias names no served model
-    and is not built in."""
+    Raises ValueError (at construction) when two models would share an id, an alias names no served model and
+    is not built in, or (VOXTRAL_BACKEND=vllm) a configured model is a directory."""
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
+        backend: BackendName = settings.backend
         sources = [settings.model, *(s.strip() for s in settings.models.split(",") if s.strip())]
-        self.models: dict[str, ServedModel] = {}
+        models: dict[str, ServedModel] = {}
         self._sources: dict[str, str] = {}  # the configured source strings, also accepted as names
+        self._lock = threading.Lock()  # serialises `add_remote` (the tables are replaced, not changed)
         for i, source in enumerate(sources):
-            model_id = _model_id(source, settings.served_model_name if i == 0 else None)
-            if model_id in self.models:
-                if self.models[model_id].source == source:
+            if backend == "vllm" and source.startswith(("/", ".", "~")):
+                raise ValueError(
+                    f"'{source}' is a directory, but VOXTRAL_BACKEND=vllm serves the models of the upstreams: "
+                    "name them by the id they list under /v1/models"
+                )
+            served_name = settings.served_model_name if i == 0 else None
+            model_id = served_name or (source if backend == "vllm" else _model_id(source, None))
+            if model_id in models:
+                if models[model_id].source == source:
                     continue  # listed twice: served once
                 raise ValueError(f"two served models would share the id '{model_id}': set different directories")
-            self.models[model_id] = ServedModel(model_id, source, is_default=i == 0)
+            models[model_id] = ServedModel(model_id, source, is_default=i == 0, backend=backend)
             self._sources.setdefault(source, model_id)
+        self.models = models
         self.default = next(iter(self.models.values()))
         self.aliases: dict[str, str] = {}
         for alias in DEFAULT_MODEL_ALIASES:
@@ -92,6 +120,26 @@ class ModelCatalog:
             if alias in self.models:
                 raise ValueError(f"VOXTRAL_MODEL_ALIASES: '{alias}' is already a served model's id")
             self.aliases[alias] = target_id
+
+    def add_remote(self, upstream_ids: Iterable[str]) -> list[ServedModel]:
+        """Serve the models an upstream lists (by the ids it lists) that no served model is or names as its
+        source; the ones added. `voxtral-mini`/`voxtral-small` come to mean Mistral's hub ids once those are
+        served, unless VOXTRAL_MODEL_ALIASES gave those names."""
+        added = []
+        with self._lock:
+            models, sources, aliases = dict(self.models), dict(self._sources), dict(self.aliases)
+            for upstream_id in upstream_ids:
+                if not upstream_id or upstream_id in models or upstream_id in sources or upstream_id in aliases:
+                    continue
+                model = ServedModel(upstream_id, upstream_id, is_default=False, backend="vllm")
+                models[upstream_id] = model
+                sources[upstream_id] = upstream_id
+                added.append(model)
+                for alias, hub_id in HUB_ALIASES.items():
+                    if hub_id == upstream_id and alias not in aliases:
+                        aliases[alias] = upstream_id
+            self._sources, self.aliases, self.models = sources, aliases, models
+        return added
 
     def _by_source(self, source: str) -> str | None:
         return self._sources.get(source)

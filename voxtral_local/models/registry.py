@@ -13,6 +13,9 @@ When even that is not enough, the load fails with `InsufficientMemoryError` (503
 
 A hub model not in the cache is never downloaded inside a request unless `VOXTRAL_AUTO_DOWNLOAD` is on:
 `store.locate` answers `ModelNotDownloadedError` (404) from the cache alone.
+
+A remote model (served by upstream vLLM servers) has no checkpoint here and holds no memory: loading it builds
+its client backend, it is never unloaded to make room nor when idle, and it cannot be deleted.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from pathlib import Path
 import torch
 
 from ..backends.base import ModelBackend
+from ..backends.vllm.upstreams import UpstreamPool
 from ..devices import resolve_device, resolve_dtype
 from ..errors import (
     InsufficientMemoryError,
@@ -43,8 +47,8 @@ from .store import ModelStore, cached_path, locate
 logger = logging.getLogger(__name__)
 
 GIB = 1024**3
-# Builds the backend for a served model from its checkpoint directory (not yet loaded).
-BackendFactory = Callable[[ServedModel, Path], ModelBackend]
+# Builds the backend for a served model from its checkpoint directory (not yet loaded); None for a remote model.
+BackendFactory = Callable[[ServedModel, Path | None], ModelBackend]
 
 
 class ModelRegistry:
@@ -70,12 +74,22 @@ class ModelRegistry:
         self._closing = False
         self._reaper: threading.Thread | None = None
         self._runtime: tuple[torch.device, torch.dtype] | None = None
+        self.upstreams: UpstreamPool | None = None  # the upstream model servers, when VOXTRAL_VLLM_URLS names some
 
     # ---- names and state --------------------------------------------------------------------------------
 
     def resolve(self, name: str) -> ServedModel:
         """The served model `name` means (id, alias or configured source); ModelNotFoundError otherwise."""
         return self.catalog.resolve(name)
+
+    def add_remote(self, upstream_ids: list[str]) -> list[str]:
+        """Serve the models an upstream lists that are not served yet (`ModelCatalog.add_remote`); their ids."""
+        added = self.catalog.add_remote(upstream_ids)
+        if added:
+            with self._cond:
+                self._slots = {**self._slots, **{model.id: Slot(model) for model in added}}
+            logger.info("serving %s from the upstreams", ", ".join(model.id for model in added))
+        return [model.id for model in added]
 
     def slot(self, model_id: str) -> Slot:
         """The state of a served model (by id)."""
@@ -113,12 +127,19 @@ class ModelRegistry:
 
     def locate(self, model_id: str) -> Path:
         """The checkpoint directory of the served model `model_id`, from the disk alone: ModelNotDownloadedError
-        (a hub model not in the cache) or ModelUnavailableError (a local directory missing or unreadable)."""
-        return self._locate(self._slots[model_id].model)
+        (a hub model not in the cache) or ModelUnavailableError (a local directory missing or unreadable, or a
+        remote model, which has none)."""
+        model = self._slots[model_id].model
+        if model.remote:
+            raise ModelUnavailableError(f"The model '{model_id}' is served by the upstreams: no checkpoint here.")
+        return self._locate(model)
 
     def availability(self, model_id: str) -> tuple[bool, str | None]:
         """Whether the served model `model_id` is on disk, and why it cannot be used when that is known: `state`
-        without the sizes (no directory walk, no safetensors header read), for `/health`. No network."""
+        without the sizes (no directory walk, no safetensors header read), for `/health`. No network. A remote
+        model counts as there (whether an upstream serves it now is the upstreams' state)."""
+        if self._slots[model_id].model.remote:
+            return True, None
         try:
             self.locate(model_id)
         except ModelNotDownloadedError:
@@ -129,7 +150,10 @@ class ModelRegistry:
 
     def state(self, model_id: str) -> ModelState:
         """What is on disk for the served model `model_id`, without network: downloaded or not, bytes on disk
-        (files followed to the cache's blobs), the memory its weights need, its config.json's time."""
+        (files followed to the cache's blobs), the memory its weights need, its config.json's time. A remote
+        model: there, with nothing known of its size."""
+        if self._slots[model_id].model.remote:
+            return ModelState(True)
         try:
             path = self._locate(self._slots[model_id].model)
         except ModelNotDownloadedError:
@@ -144,9 +168,9 @@ class ModelRegistry:
 
     def expires_in(self, slot: Slot) -> float | None:
         """Seconds until the idle unload of a loaded model (VOXTRAL_MODEL_TTL, counted from when its last user
-        let go); None when it never expires, and the full TTL while a request uses it."""
+        let go); None when it never expires (a remote model never does), and the full TTL while a request uses it."""
         ttl = self.settings.model_ttl
-        if ttl < 0:
+        if ttl < 0 or slot.model.remote:
             return None
         if slot.users:
             return ttl
@@ -220,6 +244,13 @@ class ModelRegistry:
         the bytes freed. ModelConflictError for a local directory (never deleted) or while it is being pulled;
         ModelNotDownloadedError when it is not in the cache."""
         model = self.resolve(name)
+        if model.remote:
+            raise ModelConflictError(
+                f"The model '{model.id}' is served by the upstream vLLM servers (VOXTRAL_VLLM_URLS); its files are "
+                "on their machines, not here.",
+                param="model",
+                code="model_is_remote",
+            )
         if model.is_local:
             raise ModelConflictError(
                 f"The model '{model.id}' is the local directory '{model.source}'; voxtral-local deletes only "
@@ -259,13 +290,16 @@ class ModelRegistry:
         with slot.load_lock:
             if slot.backend is not None:
                 return False
-            try:
-                path = self._checkpoint(slot.model)
-                need = weights_bytes(path, self.runtime()[1]) or 0
-            except ModelUnavailableError as exc:
-                slot.load_error = exc.message
-                raise
-            self._make_room(slot, need)  # reserves `need`: given back below whatever happens
+            if slot.model.remote:
+                path, need = None, 0  # nothing here: the upstreams hold the weights
+            else:
+                try:
+                    path = self._checkpoint(slot.model)
+                    need = weights_bytes(path, self.runtime()[1]) or 0
+                except ModelUnavailableError as exc:
+                    slot.load_error = exc.message
+                    raise
+                self._make_room(slot, need)  # reserves `need`: given back below whatever happens
             try:
                 backend = self.factory(slot.model, path)
                 backend.load()
@@ -315,7 +349,7 @@ class ModelRegistry:
                 slot.reserved = need
                 return
             victims, room = [], free
-            for other in sorted((s for s in others if s.idle), key=lambda s: s.last_used):
+            for other in sorted((s for s in others if s.idle and not s.model.remote), key=lambda s: s.last_used):
                 if room >= need:
                     break
                 victims.append(other)
@@ -403,7 +437,7 @@ class ModelRegistry:
                     if self._closing:
                         return
                     now = time.monotonic()
-                    idle = [s for s in self._slots.values() if s.idle]
+                    idle = [s for s in self._slots.values() if s.idle and not s.model.remote]
                     victims = [s for s in idle if now - s.last_used >= ttl]
                     if victims:
                         for victim in victims:

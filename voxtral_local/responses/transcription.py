@@ -115,7 +115,7 @@ def _verbose_json(result: TranscriptionResult, task: Task) -> dict[str, Any]:
                 start=s.start,
                 end=s.end,
                 text=s.text,
-                tokens=s.tokens,
+                tokens=s.tokens if s.vocabulary_tokens else [],
                 temperature=result.temperature,
                 avg_logprob=s.avg_logprob,
                 compression_ratio=s.compression_ratio,

@@ -241,7 +241,7 @@ class ChatService:
             text=out.text,
             finish_reason="length" if out.hit_cap else "stop",
             prompt_tokens=out.prompt_tokens,
-            completion_tokens=len(out.token_ids),
+            completion_tokens=out.generated_tokens,
             token_ids=out.token_ids,
             logprobs=out.logprobs,
             top=out.top,
@@ -356,4 +356,11 @@ def _sampling(params: ChatCompletionCreateParams) -> Sampling:
     temperature = DEFAULT_CHAT_TEMPERATURE if params.temperature is None else params.temperature
     top_p = params.top_p if params.top_p is not None else (DEFAULT_CHAT_TOP_P if params.temperature is None else 1.0)
     top_logprobs = (params.top_logprobs or 0) if params.logprobs else 0
-    return Sampling(temperature=temperature, top_p=top_p, seed=params.seed, stop=stop, top_logprobs=top_logprobs)
+    return Sampling(
+        temperature=temperature,
+        top_p=top_p,
+        seed=params.seed,
+        stop=stop,
+        top_logprobs=top_logprobs,
+        logprobs=bool(params.logprobs),
+    )

@@ -25,9 +25,10 @@ def check_available(models: ModelRegistry, name: str) -> ServedModel:
     """The served model `name` means, when a request can use it without the network: loaded, on disk, or a
     hub model that VOXTRAL_AUTO_DOWNLOAD will download on load. Raises ModelNotFoundError (404),
     ModelNotDownloadedError (404) or ModelUnavailableError (503, a local directory that is missing). Reads the
-    disk (the hub cache) but never the network: call it on a worker thread, before decoding any audio."""
+    disk (the hub cache) but never the network: call it on a worker thread, before decoding any audio. A remote
+    model passes (its upstreams answer for it when it is used)."""
     model = models.resolve(name)
-    if models.is_loaded(model.id):
+    if model.remote or models.is_loaded(model.id):
         return model
     try:
         models.locate(model.id)

@@ -40,12 +40,13 @@ class Segment:
     start: float
     end: float
     text: str
-    tokens: list[int]
+    tokens: list[int]  # the backend's ids: vocabulary ids, or a text backend's pseudo-ids (`vocabulary_tokens`)
     logprobs: list[float]  # of each of `tokens`
     avg_logprob: float
     compression_ratio: float
     no_speech_prob: float
     truncated: bool
+    vocabulary_tokens: bool = True  # `tokens` are the model's vocabulary ids (shown to clients in verbose_json)
 
 
 @dataclass(frozen=True)
@@ -306,7 +307,7 @@ class TranscriptionService:
         progress: ChunkProgress | None,
     ) -> list[ChunkOutput]:
         """Every chunk's output; the chunks `upload.rest()` yields join the job as they come."""
-        sampling = Sampling(temperature=request.temperature, seed=request.seed)
+        sampling = Sampling(temperature=request.temperature, seed=request.seed, logprobs=request.logprobs)
         on_token = fan_out(
             None if text is None or request.on_delta is None else text.forward_to(request.on_delta),
             None if progress is None else progress.on_token,
@@ -353,6 +354,7 @@ class TranscriptionService:
                 compression_ratio=compression_ratio(out.text),
                 no_speech_prob=out.no_speech_prob,
                 truncated=out.hit_cap,
+                vocabulary_tokens=out.completion_tokens is None,
             )
             for i, (chunk, out) in enumerate(zip(upload.chunks, outputs, strict=True))
         ]
@@ -364,6 +366,6 @@ class TranscriptionService:
             segments=segments,
             prompt_tokens=sum(out.prompt_tokens for out in outputs),
             audio_tokens=sum(out.audio_tokens for out in outputs),
-            completion_tokens=sum(len(out.token_ids) for out in outputs),
+            completion_tokens=sum(out.generated_tokens for out in outputs),
             pieces=pieces,
         )

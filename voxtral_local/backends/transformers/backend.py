@@ -19,7 +19,7 @@ from ...audio.decode import SAMPLE_RATE
 from ...config import Settings
 from ...devices import resolve_device, resolve_dtype
 from ...errors import InvalidRequestError, ModelUnavailableError, UndecodableOutputError, shorten
-from ..base import BackendStatus, ChunkOutput, RowsCallback, Sampling, TokenCallback
+from ..base import BackendStatus, ChunkOutput, RowsCallback, Sampling, TokenCallback, chunk_token_cap
 from .features import TranscriptionFeatures, window_count, windows_for
 from .generation import RowResult
 from .inputs import Inputs, merge_inputs, split_rows
@@ -29,9 +29,6 @@ from .scheduler import Footprint, Job, Scheduler
 
 logger = logging.getLogger(__name__)
 
-
-# Added to every chunk's token cap so that very short chunks still have room.
-CAP_MARGIN_TOKENS = 32
 
 GREEDY = Sampling()
 
@@ -186,8 +183,7 @@ class TransformersBackend:
     def token_cap(self, duration_s: float, max_tokens: int | None = None) -> int:
         """New-token cap for a chunk of this length (generous enough for very fast speech), at most
         `max_tokens`."""
-        cap = math.ceil(duration_s * self.settings.max_tokens_per_audio_second) + CAP_MARGIN_TOKENS
-        return cap if max_tokens is None else min(cap, max_tokens)
+        return chunk_token_cap(duration_s, self.settings.max_tokens_per_audio_second, max_tokens)
 
     @property
     def eos_token_id(self) -> int:

@@ -1,0 +1,372 @@
+"""`VllmBackend`: a served model whose rows run on the upstream vLLM servers, one streamed request per row.
+
+The rows of a job (the chunks of an upload, or chat conversations) are sent at once, each to the upstream with
+the fewest requests in flight (`UpstreamPool.acquire`), and their tokens are told to the services as they stream
+in, so that row 0 streams live exactly as with the transformers backend. A row whose upstream refuses, breaks
+off or stays silent is retried once on another upstream (that one marked down); tokens of the failed attempt
+that were already told are not told again, as long as the retry says the same. `cancel` cancels the rows'
+requests, which closes their connections: vLLM then stops generating them.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import math
+import threading
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from ...config import Settings
+from ...errors import (
+    GenerationCancelledError,
+    InvalidRequestError,
+    UndecodableOutputError,
+    UpstreamError,
+    UpstreamTimeoutError,
+    UpstreamUnavailableError,
+)
+from ..base import (
+    AUDIO_TOKENS_PER_SECOND,
+    Alternatives,
+    BackendStatus,
+    ChunkOutput,
+    Conversation,
+    FinishReason,
+    RowsCallback,
+    Sampling,
+    TokenCallback,
+    chunk_token_cap,
+)
+from .exchanges import Event, Finished, Token, UpstreamFault, UpstreamRejected, stream_chat, stream_transcription
+from .pieces import PieceTable
+from .upstreams import Upstream, UpstreamPool
+
+WINDOW_SECONDS = 30.0  # Voxtral's audio windows: each takes AUDIO_TOKENS_PER_SECOND * 30 prompt tokens
+TEXT_BYTES_PER_TOKEN = 4  # an estimate of a text part's tokens, for the context check (the upstream has the last word)
+PIECES = PieceTable()  # shared by every model and request: pieces are the upstreams' tokens
+WAIT_STEP_S = 0.05  # how often a waiting job looks at its `cancel`
+
+Stream = Callable[[Upstream], AsyncIterator[Event]]
+
+
+@dataclass
+class RowState:
+    """What one row's current attempt has generated (pseudo-ids), and the tokens told to the services so far
+    (by any attempt)."""
+
+    index: int
+    ids: list[int] = field(default_factory=list)
+    logprobs: list[float] = field(default_factory=list)
+    top: list[Alternatives] = field(default_factory=list)
+    told: list[int] = field(default_factory=list)
+
+
+class VllmBackend:
+    """A served model on the upstreams (`pool`): `upstream_model` is the id they list it by."""
+
+    def __init__(self, model_id: str, upstream_model: str, pool: UpstreamPool, settings: Settings) -> None:
+        self.model_id = model_id
+        self.upstream_model = upstream_model
+        self.pool = pool
+        self.settings = settings
+        self._loaded = False
+        self._jobs = 0
+        self._lock = threading.Lock()
+
+    # ---- lifecycle and state ----------------------------------------------------------------------------
+
+    @property
+    def loaded(self) -> bool:
+        return self._loaded
+
+    @property
+    def busy(self) -> bool:
+        return self._jobs > 0
+
+    def load(self) -> None:
+        """Nothing to load here (the upstreams hold the weights); starts the pool if the app has not."""
+        self.pool.start()
+        self._loaded = True
+
+    def unload(self) -> None:
+        self._loaded = False
+
+    def close(self, timeout: float) -> bool:
+        """The pool is the app's to close; nothing of this model's outlives its requests."""
+        self._loaded = False
+        return True
+
+    def status(self) -> BackendStatus:
+        return BackendStatus(
+            loaded=self._loaded,
+            device="vllm",
+            dtype=None,
+            memory_bytes=0,
+            busy=self.busy,
+            details={"upstreams": self.pool.serving(self.upstream_model)},
+        )
+
+    # ---- tokens -----------------------------------------------------------------------------------------
+
+    @property
+    def eos_token_id(self) -> int:
+        return -1  # never a piece's id: the end of a row is the end of its stream
+
+    def decode(self, token_ids: list[int]) -> str:
+        """The text of these pieces; UndecodableOutputError for an id no upstream piece has."""
+        try:
+            return PIECES.decode(token_ids)
+        except KeyError as exc:
+            raise UndecodableOutputError(len(PIECES)) from exc
+
+    def token_bytes(self, token_ids: Sequence[int]) -> list[bytes]:
+        """Each piece's bytes; UndecodableOutputError for an unknown id."""
+        try:
+            return PIECES.pieces(token_ids)
+        except KeyError as exc:
+            raise UndecodableOutputError(len(PIECES)) from exc
+
+    def token_cap(self, duration_s: float, max_tokens: int | None = None) -> int:
+        return chunk_token_cap(duration_s, self.settings.max_tokens_per_audio_second, max_tokens)
+
+    def row_capacity(self) -> int | None:
+        return None  # the upstreams batch as they see fit
+
+    @property
+    def context_tokens(self) -> int:
+        """The context length the upstreams report for the model (vLLM's `max_model_len`), else
+        VOXTRAL_MAX_CONTEXT_TOKENS."""
+        return self.pool.context_tokens(self.upstream_model) or self.settings.max_context_tokens
+
+    def prompt_tokens(self, conversation: Conversation) -> int:
+        """An estimate of the prompt's tokens (375 per started 30 s of audio, one per 4 bytes of text): the
+        upstream counts exactly, and refuses a prompt too long for it (a 400 passed on to the client)."""
+        total = 0
+        for message in conversation:
+            content = message.get("content")
+            parts = content if isinstance(content, list) else [{"type": "text", "text": str(content or "")}]
+            for part in parts:
+                if "samples" in part:
+                    total += audio_tokens(len(part["samples"]) / 16000)
+                else:
+                    total += math.ceil(len(str(part.get("text", "")).encode("utf-8")) / TEXT_BYTES_PER_TOKEN)
+        return total
+
+    # ---- work -------------------------------------------------------------------------------------------
+
+    def transcribe(
+        self,
+        chunks: Sequence[np.ndarray],
+        *,
+        language: str | None,
+        sampling: Sampling = Sampling(),  # noqa: B008 - frozen dataclass: shared safely
+        max_tokens: int | None = None,
+        on_token: TokenCallback | None = None,
+        on_rows: RowsCallback | None = None,
+        cancel: threading.Event | None = None,
+        more: Iterable[Sequence[np.ndarray]] | None = None,
+    ) -> list[ChunkOutput]:
+        """Each chunk as one streamed upstream transcription request, all at once; outputs in chunk order.
+        `include[]=logprobs` (`sampling.logprobs`) needs upstreams that return them (this server's kind does,
+        vLLM does not: InvalidRequestError)."""
+
+        def row(samples: np.ndarray, index: int) -> Callable[[], Any]:
+            cap = self.token_cap(len(samples) / 16000, max_tokens)
+            duration = len(samples) / 16000
+
+            def stream(upstream: Upstream) -> AsyncIterator[Event]:
+                if sampling.logprobs and upstream.flavor == "vllm":
+                    raise InvalidRequestError(
+                        f"The model '{self.model_id}' runs on vLLM, whose transcriptions carry no logprobs: leave "
+                        "out include[]=logprobs, or use the chat completions API with logprobs.",
+                        param="include",
+                    )
+                return stream_transcription(
+                    self.pool.client,
+                    upstream,
+                    model=self.upstream_model,
+                    samples=samples,
+                    language=language,
+                    sampling=sampling,
+                    cap=cap,
+                )
+
+            return lambda: self._row(index, stream, on_token, audio_tokens(duration))
+
+        caps = [self.token_cap(len(c) / 16000, max_tokens) for c in chunks]
+        return self._run([row(c, i) for i, c in enumerate(chunks)], caps, on_rows, cancel, more, row, max_tokens)
+
+    def chat(
+        self,
+        conversations: Sequence[Conversation],
+        *,
+        caps: Sequence[int],
+        sampling: Sampling = Sampling(),  # noqa: B008 - frozen dataclass: shared safely
+        on_token: TokenCallback | None = None,
+        on_rows: RowsCallback | None = None,
+        cancel: threading.Event | None = None,
+    ) -> list[ChunkOutput]:
+        """Each conversation as one streamed upstream chat completion, all at once; outputs in order."""
+
+        def row(conversation: Conversation, cap: int, index: int) -> Callable[[], Any]:
+            audio = sum(
+                audio_tokens(len(p["samples"]) / 16000)
+                for m in conversation
+                if isinstance(m.get("content"), list)
+                for p in m["content"]
+                if "samples" in p
+            )
+
+            def stream(upstream: Upstream) -> AsyncIterator[Event]:
+                return stream_chat(
+                    self.pool.client,
+                    upstream,
+                    model=self.upstream_model,
+                    conversation=conversation,
+                    sampling=sampling,
+                    cap=cap,
+                )
+
+            return lambda: self._row(index, stream, on_token, audio)
+
+        rows = [row(c, cap, i) for i, (c, cap) in enumerate(zip(conversations, caps, strict=True))]
+        return self._run(rows, list(caps), on_rows, cancel, None, None, None)
+
+    def _run(
+        self,
+        rows: list[Callable[[], Any]],
+        caps: list[int],
+        on_rows: RowsCallback | None,
+        cancel: threading.Event | None,
+        more: Iterable[Sequence[np.ndarray]] | None,
+        make_row: Callable[[np.ndarray, int], Callable[[], Any]] | None,
+        max_tokens: int | None,
+    ) -> list[ChunkOutput]:
+        """Send every row (and the rows `more` yields, as it yields them); wait for all, or for `cancel`."""
+        with self._lock:
+            self._jobs += 1
+        futures: list[concurrent.futures.Future[ChunkOutput]] = []
+        try:
+            if on_rows is not None and caps:
+                on_rows(caps)
+            futures = [self.pool.submit(make()) for make in rows]
+            for part in more or ():
+                self._check(futures, cancel)
+                assert make_row is not None
+                start = len(futures)
+                if on_rows is not None and part:
+                    on_rows([self.token_cap(len(c) / 16000, max_tokens) for c in part])
+                futures += [self.pool.submit(make_row(c, start + i)()) for i, c in enumerate(part)]
+            while not all(f.done() for f in futures):
+                self._check(futures, cancel)
+                concurrent.futures.wait(futures, timeout=WAIT_STEP_S, return_when=concurrent.futures.FIRST_EXCEPTION)
+            self._check(futures, cancel)
+            return [f.result() for f in futures]
+        except BaseException:
+            for future in futures:
+                future.cancel()
+            raise
+        finally:
+            with self._lock:
+                self._jobs -= 1
+
+    @staticmethod
+    def _check(futures: list[concurrent.futures.Future[ChunkOutput]], cancel: threading.Event | None) -> None:
+        """Raise the first row's failure, or GenerationCancelledError once `cancel` is set."""
+        if cancel is not None and cancel.is_set():
+            raise GenerationCancelledError("The request was cancelled; its upstream requests were cancelled too.")
+        for future in futures:
+            if future.done() and not future.cancelled() and future.exception() is not None:
+                future.result()
+
+    async def _row(self, index: int, stream: Stream, on_token: TokenCallback | None, audio: int) -> ChunkOutput:
+        """One row on the upstreams: the best upstream, then (after a fault) one other."""
+        state = RowState(index)
+        tried: list[Upstream] = []
+        fault: UpstreamFault | None = None
+        for _ in range(2):
+            try:
+                upstream = await self.pool.acquire(self.upstream_model, exclude=tried)
+            except UpstreamUnavailableError:
+                if fault is None:
+                    raise
+                break
+            tried.append(upstream)
+            try:
+                return await self._attempt(state, stream(upstream), on_token, audio)
+            except UpstreamFault as exc:
+                fault = exc
+                if exc.down:
+                    await self.pool.mark_down(upstream, exc.message)
+            except UpstreamRejected as exc:
+                raise InvalidRequestError(
+                    f"The upstream refused the request: {exc.message}", param=exc.param, code=exc.code
+                ) from exc
+            finally:
+                await self.pool.release(upstream)
+        assert fault is not None
+        where = ", ".join(u.url for u in tried)
+        message = f"The upstream model servers failed the request ({where}): {fault.message}."
+        raise UpstreamTimeoutError(message) if fault.timeout else UpstreamError(message)
+
+    async def _attempt(
+        self, state: RowState, events: AsyncIterator[Event], on_token: TokenCallback | None, audio: int
+    ) -> ChunkOutput:
+        """Read one upstream answer into the row. Tokens a failed attempt told already are not told again;
+        a retry that says otherwise fails the row (what the client has seen cannot be taken back)."""
+        state.ids, state.logprobs, state.top = [], [], []
+        final = Finished(None, None)
+        async for event in events:
+            if isinstance(event, Finished):
+                final = _merge(final, event)
+                continue
+            for token in event:
+                self._add(state, token)
+                position = len(state.ids) - 1
+                if position < len(state.told):
+                    if state.ids[position] != state.told[position]:
+                        raise UpstreamFault("the retry's answer differs from what was streamed already", down=False)
+                    continue
+                state.told.append(state.ids[-1])
+                if on_token is not None:
+                    on_token(state.index, state.ids[-1], state.logprobs[-1], state.top[-1])
+        text = final.text if final.text is not None else PIECES.decode(state.ids)
+        logprobs = state.logprobs
+        finish: FinishReason = "length" if final.finish_reason == "length" else "stop"
+        return ChunkOutput(
+            text=text.strip(),
+            token_ids=state.ids,
+            logprobs=logprobs,
+            top=state.top,
+            avg_logprob=sum(logprobs) / len(logprobs) if logprobs else 0.0,
+            no_speech_prob=0.0,
+            finish_reason=finish,
+            prompt_tokens=final.prompt_tokens or 0,
+            audio_tokens=final.audio_tokens if final.audio_tokens is not None else audio,
+            completion_tokens=final.completion_tokens if final.completion_tokens is not None else len(state.ids),
+        )
+
+    def _add(self, state: RowState, token: Token) -> None:
+        state.ids.append(PIECES.intern(token.piece))
+        state.logprobs.append(token.logprob)
+        state.top.append(tuple((PIECES.intern(piece), logprob) for piece, logprob in token.top))
+
+
+def audio_tokens(seconds: float) -> int:
+    """Voxtral's audio tokens for `seconds` of audio: 375 per started 30 s window."""
+    windows = max(1, math.ceil(seconds / WINDOW_SECONDS))
+    return int(windows * WINDOW_SECONDS * AUDIO_TOKENS_PER_SECOND)
+
+
+def _merge(first: Finished, later: Finished) -> Finished:
+    """Two end events of one answer (vLLM sends the finish reason, then the usage) as one."""
+    return Finished(
+        text=later.text if later.text is not None else first.text,
+        finish_reason=later.finish_reason or first.finish_reason,
+        prompt_tokens=later.prompt_tokens if later.prompt_tokens is not None else first.prompt_tokens,
+        completion_tokens=later.completion_tokens if later.completion_tokens is not None else first.completion_tokens,
+        audio_tokens=later.audio_tokens if later.audio_tokens is not None else first.audio_tokens,
+    )
