@@ -59,7 +59,6 @@ def model_registry(
         return Path(model.source) if model.id in given else locate(model)
 
     registry = ModelRegistry(catalog, factory, find)
-    registry.upstreams = upstreams
     if upstreams is not None:
         upstreams.on_models = registry.add_remote
     return registry
@@ -72,7 +71,7 @@ def create_app(settings: Settings, backends: Mapping[str, ModelBackend] | None =
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         app.state.settings = settings
-        upstreams = UpstreamPool(settings) if settings.vllm_url_list else None
+        upstreams = app.state.upstreams = UpstreamPool(settings) if settings.vllm_url_list else None
         models = app.state.models = model_registry(settings, backends, upstreams)
         if upstreams is not None:  # the first health check, which adds the models the upstreams list
             await run_in_worker(upstreams.start)

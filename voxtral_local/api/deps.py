@@ -9,6 +9,7 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
+from ..backends.vllm import UpstreamPool
 from ..config import Settings
 from ..models.registry import ModelRegistry
 from ..services.chat import ChatService
@@ -23,6 +24,11 @@ async def get_models(request: Request) -> ModelRegistry:
     return request.app.state.models
 
 
+async def get_upstreams(request: Request) -> UpstreamPool | None:
+    """The upstream model servers (VOXTRAL_VLLM_URLS); None when none is configured."""
+    return request.app.state.upstreams
+
+
 async def get_transcription_service(request: Request) -> TranscriptionService:
     return request.app.state.transcription
 
@@ -33,5 +39,6 @@ async def get_chat_service(request: Request) -> ChatService:
 
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 ModelsDep = Annotated[ModelRegistry, Depends(get_models)]
+UpstreamsDep = Annotated[UpstreamPool | None, Depends(get_upstreams)]
 TranscriptionServiceDep = Annotated[TranscriptionService, Depends(get_transcription_service)]
 ChatServiceDep = Annotated[ChatService, Depends(get_chat_service)]

@@ -7,24 +7,26 @@ import time
 from fastapi import APIRouter
 from starlette.exceptions import HTTPException
 
-from ..backends.vllm.upstreams import UpstreamStatus
+from ..backends.vllm.upstreams import UpstreamPool, UpstreamStatus
 from ..errors import InvalidRequestError, quote
 from ..models.catalog import ServedModel
 from ..models.registry import ModelRegistry
 from ..models.slots import Slot
 from ..protocol import Health, Model, ModelDeleted, ModelList, RunningModel, UpstreamHealth
-from .deps import ModelsDep
+from .deps import ModelsDep, UpstreamsDep
 from .openapi import COMMON_ERRORS, error_responses
 from .workers import run_in_worker
 
 router = APIRouter()
 
 
-def describe_model(models: ModelRegistry, model: ServedModel, alias: str | None = None) -> Model:
+def describe_model(
+    models: ModelRegistry, model: ServedModel, alias: str | None = None, upstreams: UpstreamPool | None = None
+) -> Model:
     """A served model (or an alias of it, which says what it means) as an OpenAI model object, with what is
-    on disk (read from the cache or the directory, no network) and whether it is loaded."""
+    on disk (read from the cache or the directory, no network) and whether it is loaded; for a model on the
+    upstreams, those that serve it now."""
     state = models.state(model.id)
-    pool = models.upstreams
     return Model(
         id=alias or model.id,
         created=state.created,
@@ -35,15 +37,17 @@ def describe_model(models: ModelRegistry, model: ServedModel, alias: str | None 
         size_bytes=state.size_bytes,
         memory_bytes=state.memory_bytes,
         backend=model.backend,
-        upstreams=pool.serving(model.source) if model.remote and pool is not None else None,
+        upstreams=upstreams.serving(model.source) if model.remote and upstreams is not None else None,
     )
 
 
-def list_all(models: ModelRegistry) -> ModelList:
+def list_all(models: ModelRegistry, upstreams: UpstreamPool | None = None) -> ModelList:
     """Every served model, then every alias."""
     catalog = models.catalog
-    data = [describe_model(models, model) for model in catalog.models.values()]
-    data += [describe_model(models, catalog.models[target], alias) for alias, target in catalog.aliases.items()]
+    data = [describe_model(models, model, None, upstreams) for model in catalog.models.values()]
+    data += [
+        describe_model(models, catalog.models[target], alias, upstreams) for alias, target in catalog.aliases.items()
+    ]
     return ModelList(data=data)
 
 
@@ -63,21 +67,21 @@ def running_model(models: ModelRegistry, slot: Slot) -> RunningModel:
 
 
 @router.get("/v1/models", responses=error_responses(*COMMON_ERRORS))
-async def list_models(models: ModelsDep) -> ModelList:
+async def list_models(models: ModelsDep, upstreams: UpstreamsDep) -> ModelList:
     """The models this server serves and their aliases (an alias has `alias_of`), each with `downloaded`,
     `loaded`, its size on disk and the memory its weights need."""
-    return await run_in_worker(list_all, models)
+    return await run_in_worker(list_all, models, upstreams)
 
 
 @router.get("/v1/models/{model_id:path}", responses=error_responses(404, 405, *COMMON_ERRORS))
-async def retrieve_model(model_id: str, models: ModelsDep) -> Model:
+async def retrieve_model(model_id: str, models: ModelsDep, upstreams: UpstreamsDep) -> Model:
     """One model by id or alias; 404 for any other name, and 405 for `pull` (which this path would otherwise
     take for a model's name)."""
     if model_id == "pull" and model_id not in models.catalog.names():
         raise HTTPException(405, "Method Not Allowed", headers={"Allow": "POST"})
     model = models.resolve(model_id)
     alias = model_id if model_id in models.catalog.aliases else None
-    return await run_in_worker(describe_model, models, model, alias)
+    return await run_in_worker(describe_model, models, model, alias, upstreams)
 
 
 @router.delete("/v1/models/{model_id:path}", responses=error_responses(400, 404, 409, *COMMON_ERRORS))
@@ -97,14 +101,14 @@ async def delete_model(model_id: str, models: ModelsDep) -> ModelDeleted:
 
 
 @router.get("/health", responses=error_responses(403))
-async def health(models: ModelsDep) -> Health:
+async def health(models: ModelsDep, upstreams: UpstreamsDep) -> Health:
     """Liveness plus model state: lotti's fields about the default model, the device and its memory, the
     loaded models. Always 200 while the server runs, the default model's problem (if any) in `model_error`.
     What touches the disk (is the default model there) runs on a worker thread, never on the event loop."""
-    return await run_in_worker(health_of, models)
+    return await run_in_worker(health_of, models, upstreams)
 
 
-def health_of(models: ModelRegistry) -> Health:
+def health_of(models: ModelRegistry, upstreams: UpstreamPool | None = None) -> Health:
     """`/health`'s answer: cheap (the default model located on disk without sizes, no safetensors header read
     nor directory walk; the device's free memory), but it touches the disk, so it runs on a worker thread."""
     default = models.catalog.default
@@ -122,7 +126,7 @@ def health_of(models: ModelRegistry) -> Health:
         memory_available_bytes=memory.available,
         loaded_models=[running_model(models, s) for s, _ in models.loaded()],
         max_audio_minutes=models.settings.max_audio_minutes,
-        upstreams=None if models.upstreams is None else [upstream_health(u) for u in models.upstreams.snapshot()],
+        upstreams=None if upstreams is None else [upstream_health(u) for u in upstreams.snapshot()],
     )
 
 

@@ -30,7 +30,6 @@ from pathlib import Path
 import torch
 
 from ..backends.base import ModelBackend
-from ..backends.vllm.upstreams import UpstreamPool
 from ..devices import resolve_device, resolve_dtype
 from ..errors import (
     InsufficientMemoryError,
@@ -74,7 +73,6 @@ class ModelRegistry:
         self._closing = False
         self._reaper: threading.Thread | None = None
         self._runtime: tuple[torch.device, torch.dtype] | None = None
-        self.upstreams: UpstreamPool | None = None  # the upstream model servers, when VOXTRAL_VLLM_URLS names some
 
     # ---- names and state --------------------------------------------------------------------------------
 
