@@ -92,6 +92,7 @@ for arg in "${extra[@]}"; do
     case $arg in
         --host | --host=* | --port | --port=* | --tensor-parallel-size | --tensor-parallel-size=* | -tp | -tp=*)
             fail "give ${arg%%=*} as this script's option, not after --" ;;
+        *) ;;
     esac
 done
 
