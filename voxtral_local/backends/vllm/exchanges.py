@@ -56,8 +56,9 @@ Event = list[Token] | Finished
 
 
 class UpstreamFault(Exception):
-    """The upstream failed (refused, silent, broke off, answered 5xx, 404 or 429, or answered nonsense): try
-    another. `timeout` when it stayed silent; `down` when it should be skipped until a health check sees it."""
+    """The upstream failed (refused, silent, broke off, answered an error status other than 400 and 422, or
+    answered nonsense): try another. `timeout` when it stayed silent; `down` when it should be skipped until a
+    health check sees it."""
 
     def __init__(self, message: str, *, timeout: bool = False, down: bool = True) -> None:
         super().__init__(message)
@@ -65,8 +66,7 @@ class UpstreamFault(Exception):
 
 
 class UpstreamRejected(Exception):
-    """The upstream refused the request itself (a 4xx other than 404, 408 and 429): no other upstream would
-    take it either."""
+    """The upstream refused the request itself (400 or 422): no other upstream would take it either."""
 
     def __init__(self, status: int, message: str, param: str | None, code: str | None) -> None:
         super().__init__(message)
@@ -228,10 +228,13 @@ async def _refusal(response: httpx.Response) -> Exception:
     except (ValueError, AttributeError):
         pass
     status = response.status_code
-    if status in (404, 408, 429) or status >= 500:
-        # 404: it no longer serves the model; 429: it is full; 5xx: it failed. A 429 or 503 upstream is alive.
-        return UpstreamFault(f"HTTP {status}: {shorten(message, 200)}", down=status not in (429, 503))
-    return UpstreamRejected(status, message, param, code)
+    if status in (400, 422):  # the request itself (a prompt too long for the model, a value it refuses)
+        return UpstreamRejected(status, message, param, code)
+    # Anything else is the upstream's or its configuration's: 404 it no longer serves the model, 401/403 it
+    # refuses VOXTRAL_VLLM_API_KEY, 429 it is full, 5xx it failed. Skipped until a health check: 404 and 5xx
+    # but 503 (a full or stopping server is alive).
+    down = status == 404 or (status >= 500 and status != 503)
+    return UpstreamFault(f"HTTP {status}: {shorten(message, 200)}", down=down)
 
 
 def parse_event(payload: Any) -> list[Event]:
