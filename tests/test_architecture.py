@@ -145,4 +145,4 @@ def test_the_model_layer_knows_backends_only_by_their_interface() -> None:
 def test_the_import_check_sees_relative_imports() -> None:
     """Not vacuous: the registry's relative imports resolve to the package's modules."""
     names = imported_modules(ROOT / PACKAGE / "models" / "registry.py")
-    assert {f"{PACKAGE}.backends.base", f"{PACKAGE}.models.store", f"{PACKAGE}.devices"} <= names
+    assert {f"{PACKAGE}.backends.base", f"{PACKAGE}.models.store", f"{PACKAGE}.models.state"} <= names
