@@ -24,14 +24,18 @@ ERROR_DESCRIPTIONS: dict[int, str] = {
     413: "The request body is larger than VOXTRAL_MAX_UPLOAD_MB.",
     415: "The body's content type is not the one this endpoint takes.",
     429: "The server is at capacity (VOXTRAL_MAX_QUEUE); retry after the `Retry-After` header's seconds.",
-    502: "The Hugging Face Hub (or the way to it) failed.",
-    503: "The model cannot be loaded or used right now, or the server is shutting down.",
+    502: "The Hugging Face Hub (or the way to it) failed; or the upstream model servers (VOXTRAL_VLLM_URLS) "
+    "refused or failed the request, also on the retry.",
+    503: "The model cannot be loaded or used right now (or no upstream model server that serves it is up), or "
+    "the server is shutting down.",
+    504: "The upstream model servers (VOXTRAL_VLLM_URLS) stayed silent past VOXTRAL_VLLM_TIMEOUT_S, also on the "
+    "retry.",
     507: "No disk space for the download.",
 }
 # Answered by middleware on every route, whatever the route itself does.
 COMMON_ERRORS = (401, 403)
 # Model work: everything that reads a body and may wait for the model (the audio routes add 415).
-MODEL_WORK_ERRORS = (400, 404, 408, 413, 429, 503, *COMMON_ERRORS)
+MODEL_WORK_ERRORS = (400, 404, 408, 413, 429, 502, 503, 504, *COMMON_ERRORS)
 
 
 def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
