@@ -128,6 +128,8 @@ class UpstreamPool:
             logger.exception("closing the upstream connections failed")
         self.loop.call_soon_threadsafe(self.loop.stop)
         thread.join(timeout)
+        if not thread.is_alive():
+            self.loop.close()
 
     async def _shutdown(self) -> None:
         tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
