@@ -16,7 +16,9 @@ One file of `--seconds` of speech-like audio (benchmark.py's MP3) is transcribed
 `verbose_json`, three ways: direct = POSTed whole to one upstream (its own chunking and batching); front-1 =
 through the front with that upstream behind it; front-2 = through the front with both upstreams behind it. Each
 way gets one warm-up request first; then the three run `--repeat` times, interleaved, and the figures are the
-medians. Overhead = front-1 / direct wall time; fan-out gain = front-1 / front-2 wall time.
+medians. Overhead = front-1 / direct wall time; fan-out gain = front-1 / front-2 wall time. Every run also
+records the share of the machine's CPU time that processes other than the benchmark's own used meanwhile
+(`other_processes_cpu_percent`, from /proc): on a shared machine the fan-out gain needs idle cores to show.
 """
 
 from __future__ import annotations
@@ -129,6 +131,8 @@ def wait_ready(process: Process, *, upstreams: int = 0) -> None:
                     return
             elif health.get("model_loaded"):
                 return
+            elif health.get("model_error"):  # the preload failed: it will not load
+                raise RuntimeError(f"{process.name} cannot load the model:\n{process.log_tail()}")
         except (httpx.TransportError, ValueError, KeyError):
             pass
         if process.popen.poll() is not None or time.monotonic() > deadline:
