@@ -4,6 +4,7 @@
   scripts/benchmark.py --preset small|full [--model DIR] [--durations 30,300,1800]
                        [--strategies native,sequential,engine,http,concurrent,preprocess] [--concurrency 8]
                        [--tokens-per-30s 100] [--repeat 1] [--json FILE]
+  scripts/benchmark.py --scale-out [options]   (the front of one or two upstream servers: scale_out_benchmark.py)
 
 Strategies: native = the whole file as one `apply_transcription_request` prompt and one `generate`;
 sequential = one `generate` per chunk in turn; engine = this server's engine (all chunks in one batch);
@@ -291,6 +292,11 @@ def free_port() -> int:
 
 
 def main() -> None:
+    if "--scale-out" in sys.argv[1:]:
+        from scale_out_benchmark import main as scale_out
+
+        scale_out([a for a in sys.argv[1:] if a != "--scale-out"])
+        return
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--preset", choices=["small", "full"], default="small")
     parser.add_argument("--model", help="a checkpoint directory instead of a preset")
