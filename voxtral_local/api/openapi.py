@@ -28,8 +28,7 @@ ERROR_DESCRIPTIONS: dict[int, str] = {
     "refused or failed the request, also on the retry.",
     503: "The model cannot be loaded or used right now (or no upstream model server that serves it is up), or "
     "the server is shutting down.",
-    504: "The upstream model servers (VOXTRAL_VLLM_URLS) stayed silent past VOXTRAL_VLLM_TIMEOUT_S, also on the "
-    "retry.",
+    504: "The upstream model servers (VOXTRAL_VLLM_URLS) stayed silent past VOXTRAL_VLLM_TIMEOUT_S, also on the retry.",
     507: "No disk space for the download.",
 }
 # Answered by middleware on every route, whatever the route itself does.
