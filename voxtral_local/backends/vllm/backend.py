@@ -309,7 +309,7 @@ class VllmBackend:
                 await self.pool.release(upstream)
         assert fault is not None
         where = ", ".join(u.url for u in tried)
-        message = f"The upstream model servers failed the request ({where}): {fault.message}."
+        message = f"The upstream model servers failed the request ({where}): {fault.message.rstrip('.')}."
         raise UpstreamTimeoutError(message) if fault.timeout else UpstreamError(message)
 
     async def _attempt(

@@ -29,6 +29,7 @@ from ..base import Conversation, Sampling
 from .upstreams import Flavor, Upstream, describe_http_error
 
 MAX_ERROR_BODY = 4096  # bytes of an upstream's error answer read for its message
+REQUEST_ERROR_TYPES = ("invalid_request_error", "BadRequestError")  # OpenAI's and vLLM's error types for a 400
 
 
 @dataclass(frozen=True)
@@ -238,13 +239,21 @@ async def _refusal(response: httpx.Response) -> Exception:
 
 
 def parse_event(payload: Any) -> list[Event]:
-    """The tokens and end of one streamed event in any shape this module reads; UpstreamFault for an error
-    event or an unknown shape."""
+    """The tokens and end of one streamed event in any shape this module reads; UpstreamRejected for an error
+    event about the request itself (`invalid_request_error`), UpstreamFault for another error event or an
+    unknown shape."""
     if not isinstance(payload, dict):
         raise UpstreamFault("sent an event that is not a JSON object")
     if "error" in payload:
         error = payload["error"]
         message = error.get("message") if isinstance(error, dict) else error
+        if isinstance(error, dict) and error.get("type") in REQUEST_ERROR_TYPES:
+            # the request's own fault, told after the stream started (this server's kind checks a chat's
+            # context there): no other upstream would take it either
+            param, code = error.get("param"), error.get("code")
+            raise UpstreamRejected(
+                400, str(message), param if isinstance(param, str) else None, code if isinstance(code, str) else None
+            )
         raise UpstreamFault(f"failed while answering: {shorten(str(message), 200)}", down=False)
     kind = payload.get("type")
     if kind == "transcript.text.delta":
