@@ -153,6 +153,11 @@ class ModelBackend(Protocol):
         """New-token cap for a chunk of `duration_s` seconds of audio, at most `max_tokens`."""
         ...
 
+    def check_transcription(self, sampling: Sampling) -> None:
+        """Raise InvalidRequestError when a transcription with this sampling cannot be served (a vLLM upstream
+        gives no logprobs for transcriptions), before any work starts."""
+        ...
+
     def row_capacity(self) -> int | None:
         """Rows of full-length chunks it decodes at once (None until loaded, or unknown)."""
         ...

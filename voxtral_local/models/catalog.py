@@ -15,7 +15,7 @@ here. The model tables are replaced, never changed in place, so that readers on 
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -121,10 +121,13 @@ class ModelCatalog:
                 raise ValueError(f"VOXTRAL_MODEL_ALIASES: '{alias}' is already a served model's id")
             self.aliases[alias] = target_id
 
-    def add_remote(self, upstream_ids: Iterable[str]) -> list[ServedModel]:
+    def add_remote(
+        self, upstream_ids: Iterable[str], before: Callable[[list[ServedModel]], object] | None = None
+    ) -> list[ServedModel]:
         """Serve the models an upstream lists (by the ids it lists) that no served model is or names as its
-        source; the ones added. `voxtral-mini`/`voxtral-small` come to mean Mistral's hub ids once those are
-        served, unless VOXTRAL_MODEL_ALIASES gave those names."""
+        source; the ones added. `before` is told them before any name resolves to them (the registry makes
+        their slots). `voxtral-mini`/`voxtral-small` come to mean Mistral's hub ids once those are served,
+        unless VOXTRAL_MODEL_ALIASES gave those names."""
         added = []
         with self._lock:
             models, sources, aliases = dict(self.models), dict(self._sources), dict(self.aliases)
@@ -138,7 +141,10 @@ class ModelCatalog:
                 for alias, hub_id in HUB_ALIASES.items():
                     if hub_id == upstream_id and alias not in aliases:
                         aliases[alias] = upstream_id
-            self._sources, self.aliases, self.models = sources, aliases, models
+            if added and before is not None:
+                before(added)
+            self.models = models  # then the names that lead to them
+            self._sources, self.aliases = sources, aliases
         return added
 
     def _by_source(self, source: str) -> str | None:

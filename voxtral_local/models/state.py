@@ -38,11 +38,15 @@ class RegistryState:
         return self.catalog.resolve(name)
 
     def add_remote(self, upstream_ids: list[str]) -> list[str]:
-        """Serve the models an upstream lists that are not served yet (`ModelCatalog.add_remote`); their ids."""
-        added = self.catalog.add_remote(upstream_ids)
-        if added:
+        """Serve the models an upstream lists that are not served yet (`ModelCatalog.add_remote`); their ids.
+        Their slots exist before any name resolves to them."""
+
+        def make_slots(models: list[ServedModel]) -> None:
             with self._cond:
-                self._slots = {**self._slots, **{model.id: Slot(model) for model in added}}
+                self._slots = {**self._slots, **{model.id: Slot(model) for model in models}}
+
+        added = self.catalog.add_remote(upstream_ids, before=make_slots)
+        if added:
             logger.info("serving %s from the upstreams", ", ".join(model.id for model in added))
         return [model.id for model in added]
 

@@ -67,6 +67,11 @@ class ModelHold:
         """Load the model `name` means (unless loaded) and hold it; raises as `ModelRegistry.acquire`."""
         return cls(models.acquire(name))
 
+    @property
+    def backend(self) -> ModelBackend:
+        """The held model's backend, to check a request against before its work begins."""
+        return self._lease.backend
+
     @contextmanager
     def work(self) -> Iterator[ModelBackend]:
         """The held model's backend for the block; the hold is let go when the block ends. Raises

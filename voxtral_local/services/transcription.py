@@ -189,7 +189,8 @@ class TranscriptionService:
 
     def prepare(self, request: TranscriptionRequest) -> TranscriptionRequest:
         """Before a streamed `transcribe` starts, so that a failure is an error status: check the model is on
-        disk, decode the upload's head (`decode_start`), then load and hold the model. Returns the request
+        disk, decode the upload's head (`decode_start`), then load and hold the model, and check that its backend
+        serves the request (`check_transcription`: no logprobs on vLLM). Returns the request
         with its audio decoded that far, the hold (let go when `transcribe` ends; `hold.close()` if it is
         never called) and its start time. Raises as `transcribe` does (logged as one line), holding nothing."""
         started = time.monotonic()
@@ -199,6 +200,11 @@ class TranscriptionService:
             if isinstance(audio, bytes):
                 audio = self.decode_start(audio, request.cancel)
             hold = ModelHold.acquire(self.models, request.model)
+            try:
+                hold.backend.check_transcription(Sampling(logprobs=request.logprobs))
+            except BaseException:
+                hold.close()
+                raise
         except BaseException as exc:
             wall = time.monotonic() - started
             log_failure("transcription", model_id_of(self.models, request.model), exc, wall_seconds=wall)
@@ -315,6 +321,7 @@ class TranscriptionService:
         on_rows = fan_out_rows(None if text is None else text.add_rows, None if progress is None else progress.add_rows)
         chunks = upload.chunks
         if instruction is None:
+            backend.check_transcription(sampling)
             return backend.transcribe(
                 [c.samples for c in chunks],
                 language=language,

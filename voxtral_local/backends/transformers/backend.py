@@ -171,6 +171,9 @@ class TransformersBackend:
         if device is not None and device.type == "cuda":
             torch.cuda.empty_cache()
 
+    def check_transcription(self, sampling: Sampling) -> None:
+        """Every sampling is served here."""
+
     def row_capacity(self) -> int | None:
         """Rows of full-length chunks (prompt plus token cap) the memory plan holds at once, within
         VOXTRAL_BATCH_SIZE; None until the model is loaded (the budget depends on the memory left then)."""

@@ -10,10 +10,12 @@ requests, which closes their connections: vLLM then stops generating them.
 
 from __future__ import annotations
 
+import asyncio
 import concurrent.futures
+import contextlib
 import math
 import threading
-from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from collections.abc import AsyncGenerator, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -49,7 +51,7 @@ TEXT_BYTES_PER_TOKEN = 4  # an estimate of a text part's tokens, for the context
 PIECES = PieceTable()  # shared by every model and request: pieces are the upstreams' tokens
 WAIT_STEP_S = 0.05  # how often a waiting job looks at its `cancel`
 
-Stream = Callable[[Upstream], AsyncIterator[Event]]
+Stream = Callable[[Upstream], AsyncGenerator[Event, None]]
 
 
 @dataclass
@@ -61,7 +63,7 @@ class RowState:
     ids: list[int] = field(default_factory=list)
     logprobs: list[float] = field(default_factory=list)
     top: list[Alternatives] = field(default_factory=list)
-    told: list[int] = field(default_factory=list)
+    told: bytes = b""  # the text's bytes told to the services (through `on_token`), by any attempt
 
 
 class VllmBackend:
@@ -132,6 +134,15 @@ class VllmBackend:
     def token_cap(self, duration_s: float, max_tokens: int | None = None) -> int:
         return chunk_token_cap(duration_s, self.settings.max_tokens_per_audio_second, max_tokens)
 
+    def check_transcription(self, sampling: Sampling) -> None:
+        """InvalidRequestError for `include[]=logprobs` (`sampling.logprobs`) when every upstream serving the
+        model is vLLM, whose transcriptions carry no logprobs."""
+        if not sampling.logprobs:
+            return
+        kinds = {u.flavor for u in self.pool.snapshot() if u.state == "up" and self.upstream_model in u.models}
+        if kinds == {"vllm"}:
+            raise _no_logprobs(self.model_id)
+
     def row_capacity(self) -> int | None:
         return None  # the upstreams batch as they see fit
 
@@ -177,13 +188,9 @@ class VllmBackend:
             cap = self.token_cap(len(samples) / 16000, max_tokens)
             duration = len(samples) / 16000
 
-            def stream(upstream: Upstream) -> AsyncIterator[Event]:
+            def stream(upstream: Upstream) -> AsyncGenerator[Event, None]:
                 if sampling.logprobs and upstream.flavor == "vllm":
-                    raise InvalidRequestError(
-                        f"The model '{self.model_id}' runs on vLLM, whose transcriptions carry no logprobs: leave "
-                        "out include[]=logprobs, or use the chat completions API with logprobs.",
-                        param="include",
-                    )
+                    raise _no_logprobs(self.model_id)
                 return stream_transcription(
                     self.pool.client,
                     upstream,
@@ -194,7 +201,7 @@ class VllmBackend:
                     cap=cap,
                 )
 
-            return lambda: self._row(index, stream, on_token, audio_tokens(duration))
+            return lambda: self._row(index, stream, on_token, audio_tokens(duration), cap)
 
         caps = [self.token_cap(len(c) / 16000, max_tokens) for c in chunks]
         return self._run([row(c, i) for i, c in enumerate(chunks)], caps, on_rows, cancel, more, row, max_tokens)
@@ -220,7 +227,7 @@ class VllmBackend:
                 if "samples" in p
             )
 
-            def stream(upstream: Upstream) -> AsyncIterator[Event]:
+            def stream(upstream: Upstream) -> AsyncGenerator[Event, None]:
                 return stream_chat(
                     self.pool.client,
                     upstream,
@@ -230,7 +237,7 @@ class VllmBackend:
                     cap=cap,
                 )
 
-            return lambda: self._row(index, stream, on_token, audio)
+            return lambda: self._row(index, stream, on_token, audio, cap)
 
         rows = [row(c, cap, i) for i, (c, cap) in enumerate(zip(conversations, caps, strict=True))]
         return self._run(rows, list(caps), on_rows, cancel, None, None, None)
@@ -282,7 +289,9 @@ class VllmBackend:
             if future.done() and not future.cancelled() and future.exception() is not None:
                 future.result()
 
-    async def _row(self, index: int, stream: Stream, on_token: TokenCallback | None, audio: int) -> ChunkOutput:
+    async def _row(
+        self, index: int, stream: Stream, on_token: TokenCallback | None, audio: int, cap: int
+    ) -> ChunkOutput:
         """One row on the upstreams: the best upstream, then (after a fault) one other."""
         state = RowState(index)
         tried: list[Upstream] = []
@@ -296,7 +305,8 @@ class VllmBackend:
                 break
             tried.append(upstream)
             try:
-                return await self._attempt(state, stream(upstream), on_token, audio)
+                async with contextlib.aclosing(stream(upstream)) as events:
+                    return await self._attempt(state, events, on_token, audio, cap)
             except UpstreamFault as exc:
                 fault = exc
                 if exc.down:
@@ -313,46 +323,82 @@ class VllmBackend:
         raise UpstreamTimeoutError(message) if fault.timeout else UpstreamError(message)
 
     async def _attempt(
-        self, state: RowState, events: AsyncIterator[Event], on_token: TokenCallback | None, audio: int
+        self, state: RowState, events: AsyncGenerator[Event, None], on_token: TokenCallback | None, audio: int, cap: int
     ) -> ChunkOutput:
-        """Read one upstream answer into the row. Tokens a failed attempt told already are not told again;
-        a retry that says otherwise fails the row (what the client has seen cannot be taken back)."""
+        """Read one upstream answer into the row, at most `cap` pieces (an upstream that goes on past the cap is
+        cut off there), waiting at most VOXTRAL_VLLM_TIMEOUT_S for each (comments do not count). Text a failed
+        attempt told already is not told again; a retry that says otherwise fails the row (what the client has
+        seen cannot be taken back). The end of the row is told as `eos_token_id`."""
         state.ids, state.logprobs, state.top = [], [], []
+        text, seen = [], b""  # this attempt's text, and the bytes of its pieces
         final = Finished(None, None)
-        async for event in events:
-            if isinstance(event, Finished):
-                final = _merge(final, event)
-                continue
-            for token in event:
-                self._add(state, token)
-                position = len(state.ids) - 1
-                if position < len(state.told):
-                    if state.ids[position] != state.told[position]:
-                        raise UpstreamFault("the retry's answer differs from what was streamed already", down=False)
-                    continue
-                state.told.append(state.ids[-1])
-                if on_token is not None:
-                    on_token(state.index, state.ids[-1], state.logprobs[-1], state.top[-1])
-        text = final.text if final.text is not None else PIECES.decode(state.ids)
+        patience = self.settings.vllm_timeout_s
+        loop = asyncio.get_running_loop()
+        try:
+            async with asyncio.timeout(patience) as deadline:
+                async for event in events:
+                    if isinstance(event, Finished):
+                        final = _merge(final, event)
+                        continue
+                    deadline.reschedule(loop.time() + patience)
+                    text.append(event.text)
+                    for token in event.tokens:
+                        self._add(state, token)
+                        before, seen = seen, seen + token.piece
+                        if on_token is not None:
+                            self._tell(state, on_token, before, seen)
+                    if len(state.ids) > cap:
+                        final = Finished(None, "length")
+                        break
+        except TimeoutError as exc:
+            raise UpstreamFault(f"no token within VOXTRAL_VLLM_TIMEOUT_S={patience:g} s", timeout=True) from exc
+        if on_token is not None:
+            on_token(state.index, self.eos_token_id, 0.0, ())
+        answer = final.text if final.text is not None else "".join(text)
         logprobs = state.logprobs
         finish: FinishReason = "length" if final.finish_reason == "length" else "stop"
         return ChunkOutput(
-            text=text.strip(),
+            text=answer.strip(),
             token_ids=state.ids,
             logprobs=logprobs,
             top=state.top,
             avg_logprob=sum(logprobs) / len(logprobs) if logprobs else 0.0,
             no_speech_prob=0.0,
             finish_reason=finish,
-            prompt_tokens=final.prompt_tokens or 0,
+            prompt_tokens=max(final.prompt_tokens or 0, audio),
             audio_tokens=final.audio_tokens if final.audio_tokens is not None else audio,
             completion_tokens=final.completion_tokens if final.completion_tokens is not None else len(state.ids),
         )
+
+    @staticmethod
+    def _tell(state: RowState, on_token: TokenCallback, before: bytes, seen: bytes) -> None:
+        """Tell the services the newest piece, or the part of it past what an earlier attempt told."""
+        told = state.told
+        if len(seen) <= len(told):
+            if not told.startswith(seen):
+                raise UpstreamFault("the retry's answer differs from what was streamed already", down=False)
+            return
+        if len(before) < len(told):
+            if not seen.startswith(told):
+                raise UpstreamFault("the retry's answer differs from what was streamed already", down=False)
+            rest = seen[len(told) :]  # the part of this piece the client has not seen
+            on_token(state.index, PIECES.intern(rest), state.logprobs[-1], ())
+        else:
+            on_token(state.index, state.ids[-1], state.logprobs[-1], state.top[-1])
+        state.told = seen
 
     def _add(self, state: RowState, token: Token) -> None:
         state.ids.append(PIECES.intern(token.piece))
         state.logprobs.append(token.logprob)
         state.top.append(tuple((PIECES.intern(piece), logprob) for piece, logprob in token.top))
+
+
+def _no_logprobs(model_id: str) -> InvalidRequestError:
+    return InvalidRequestError(
+        f"The model '{model_id}' runs on vLLM, whose transcriptions carry no logprobs: leave out "
+        "include[]=logprobs, or use the chat completions API with logprobs.",
+        param="include",
+    )
 
 
 def audio_tokens(seconds: float) -> int:

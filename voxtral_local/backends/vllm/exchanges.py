@@ -15,7 +15,7 @@ from __future__ import annotations
 import base64
 import io
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 from typing import Any
 
@@ -43,6 +43,15 @@ class Token:
 
 
 @dataclass(frozen=True)
+class Delta:
+    """A piece of the answer: its text as the upstream says it, and its tokens (one per logprob entry when the
+    upstream reports logprobs, else the text as one piece)."""
+
+    text: str
+    tokens: list[Token]
+
+
+@dataclass(frozen=True)
 class Finished:
     """The end of an upstream's answer: its final text (when it says it), why it stopped, and its usage."""
 
@@ -53,7 +62,8 @@ class Finished:
     audio_tokens: int | None = None
 
 
-Event = list[Token] | Finished
+Event = Delta | Finished
+MALFORMED = (AttributeError, TypeError, ValueError, KeyError, IndexError, RecursionError)  # from a bad event's shape
 
 
 class UpstreamFault(Exception):
@@ -151,7 +161,7 @@ async def stream_transcription(
     language: str | None,
     sampling: Sampling,
     cap: int | None,
-) -> AsyncIterator[Event]:
+) -> AsyncGenerator[Event, None]:
     """A chunk's transcription from `upstream`, as it streams: lists of tokens, then one `Finished`. Raises
     UpstreamFault (try another upstream) or UpstreamRejected (the request itself was refused)."""
     form = transcription_form(model, language, sampling, cap, upstream.flavor)
@@ -169,7 +179,7 @@ async def stream_chat(
     conversation: Conversation,
     sampling: Sampling,
     cap: int,
-) -> AsyncIterator[Event]:
+) -> AsyncGenerator[Event, None]:
     """A chat reply from `upstream`, as it streams; raises as `stream_transcription`."""
     body = chat_body(model, conversation, sampling, cap)
     request = client.build_request("POST", f"{upstream.url}/chat/completions", json=body)
@@ -177,7 +187,7 @@ async def stream_chat(
         yield event
 
 
-async def _events(client: httpx.AsyncClient, request: httpx.Request) -> AsyncIterator[Event]:
+async def _events(client: httpx.AsyncClient, request: httpx.Request) -> AsyncGenerator[Event, None]:
     finished = False
     try:
         response = await client.send(request, stream=True)
@@ -195,10 +205,10 @@ async def _events(client: httpx.AsyncClient, request: httpx.Request) -> AsyncIte
             if data == "[DONE]":
                 break
             try:
-                payload = json.loads(data)
-            except ValueError as exc:
-                raise UpstreamFault(f"sent an event that is not JSON: {shorten(data, 80)!r}") from exc
-            for event in parse_event(payload):
+                events = parse_event(json.loads(data))
+            except MALFORMED as exc:  # not JSON, nested too deep, or a field of the wrong type
+                raise UpstreamFault(f"sent a malformed event: {shorten(data, 80)!r}") from exc
+            for event in events:
                 finished = finished or isinstance(event, Finished)
                 yield event
     except httpx.HTTPError as exc:
@@ -257,14 +267,14 @@ def parse_event(payload: Any) -> list[Event]:
         raise UpstreamFault(f"failed while answering: {shorten(str(message), 200)}", down=False)
     kind = payload.get("type")
     if kind == "transcript.text.delta":
-        return [_delta_tokens(str(payload.get("delta") or ""), payload.get("logprobs"))]
+        return [_delta(payload.get("delta"), payload.get("logprobs"))]
     if kind == "transcript.text.done":
-        usage = payload.get("usage") or {}
-        details = usage.get("input_token_details") or {}
+        usage = _dict(payload.get("usage"))
+        details = _dict(usage.get("input_token_details"))
         truncated = bool(payload.get("truncated_segments"))
         return [
             Finished(
-                text=str(payload.get("text") or ""),
+                text=_str(payload.get("text")),
                 finish_reason="length" if truncated else "stop",
                 prompt_tokens=_int(usage.get("input_tokens")),
                 completion_tokens=_int(usage.get("output_tokens")),
@@ -278,17 +288,19 @@ def parse_event(payload: Any) -> list[Event]:
 
 def _choice_events(payload: dict[str, Any]) -> list[Event]:
     events: list[Event] = []
-    usage = payload.get("usage") or {}
+    usage = _dict(payload.get("usage"))
     choices = payload.get("choices") or []
+    if not isinstance(choices, list):
+        raise TypeError("choices is not a list")
     if choices:
-        choice = choices[0]
-        delta = choice.get("delta") or {}
-        content = (choice.get("logprobs") or {}).get("content")
-        text = delta.get("content") or ""
+        choice = _dict(choices[0], strict=True)
+        delta = _dict(choice.get("delta"), strict=True)
+        content = _dict(choice.get("logprobs"), strict=True).get("content")
+        text = delta.get("content")
         if text or content:
-            events.append(_delta_tokens(text, content))
+            events.append(_delta(text, content))
         if choice.get("finish_reason"):
-            events.append(Finished(None, str(choice["finish_reason"])))
+            events.append(Finished(None, _str(choice["finish_reason"])))
     if usage:
         events.append(
             Finished(None, None, _int(usage.get("prompt_tokens")), _int(usage.get("completion_tokens")), None)
@@ -296,21 +308,53 @@ def _choice_events(payload: dict[str, Any]) -> list[Event]:
     return events
 
 
-def _delta_tokens(text: str, logprobs: Any) -> list[Token]:
-    """A delta's tokens: one per logprob entry when the upstream sent them, else the text as one piece."""
+def _delta(text: Any, logprobs: Any) -> Delta:
+    """A delta: its text, and its tokens, one per logprob entry when the upstream sent them, else the text as
+    one piece. TypeError/ValueError for fields of the wrong type."""
+    text = _str(text)
     if isinstance(logprobs, list) and logprobs:
-        return [
-            Token(
-                _piece(entry),
-                float(entry.get("logprob", 0.0)),
-                tuple((_piece(alt), float(alt.get("logprob", 0.0))) for alt in entry.get("top_logprobs") or ()),
-            )
+        tokens = [
+            Token(_piece(entry), _float(entry.get("logprob")), tuple(_alternatives(entry.get("top_logprobs"))))
             for entry in logprobs
         ]
-    return [Token(text.encode("utf-8"))] if text else []
+        return Delta(text, tokens)
+    return Delta(text, [Token(text.encode("utf-8"))] if text else [])
 
 
-def _piece(entry: dict[str, Any]) -> bytes:
+def _alternatives(top: Any) -> list[tuple[bytes, float]]:
+    if top is None:
+        return []
+    if not isinstance(top, list):
+        raise TypeError("top_logprobs is not a list")
+    return [(_piece(alt), _float(alt.get("logprob"))) for alt in top]
+
+
+def _float(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise TypeError(f"a logprob of {type(value).__name__}")
+    return float(value)
+
+
+def _str(value: Any) -> str:
+    if value is None:
+        return ""
+    if not isinstance(value, str):
+        raise TypeError(f"text of {type(value).__name__}")
+    return value
+
+
+def _dict(value: Any, strict: bool = False) -> dict[str, Any]:
+    """`value` when it is an object; {} for null (or for anything else unless `strict`: usage `[]`)."""
+    if isinstance(value, dict):
+        return value
+    if value is None or (not strict and not value):
+        return {}
+    raise TypeError(f"an object expected, {type(value).__name__} found")
+
+
+def _piece(entry: Any) -> bytes:
+    if not isinstance(entry, dict):
+        raise TypeError("a logprob entry is not an object")
     raw = entry.get("bytes")
     if isinstance(raw, list) and all(isinstance(b, int) and 0 <= b < 256 for b in raw):
         return bytes(raw)
