@@ -47,6 +47,7 @@ def test_health_reports_model_state(base_url: str, client: OpenAI) -> None:
         "model_error": None,
         "device": "cpu",
         "max_audio_minutes": 180.0,
+        "upstreams": None,
     }
     assert memory[0] >= memory[1] > 0
     assert [m["id"] for m in loaded] == [MODEL] and loaded[0]["device"] == "cpu" and loaded[0]["memory_bytes"] > 0

@@ -13,7 +13,9 @@ import numpy as np
 import pytest
 
 from voxtral_local.backends.base import Sampling
+from voxtral_local.backends.vllm.backend import PIECES, RowState, VllmBackend
 from voxtral_local.backends.vllm.exchanges import (
+    Delta,
     Finished,
     Token,
     UpstreamFault,
@@ -24,8 +26,9 @@ from voxtral_local.backends.vllm.exchanges import (
     transcription_form,
 )
 from voxtral_local.backends.vllm.pieces import PieceTable
-from voxtral_local.backends.vllm.upstreams import Upstream, parse_model_list
+from voxtral_local.backends.vllm.upstreams import Upstream, UpstreamPool, parse_model_list
 from voxtral_local.config import Settings
+from voxtral_local.errors import InvalidRequestError
 from voxtral_local.models.catalog import VOXTRAL_MINI, ModelCatalog
 
 # What vLLM 0.10 streams for a transcription (`stream=true`, `stream_include_usage=true`).
@@ -92,9 +95,9 @@ def collect(client: httpx.AsyncClient, kind: str = "chat") -> list[Any]:
 def test_vllm_transcription_chunks() -> None:
     events = [e for payload in VLLM_TRANSCRIPTION for e in parse_event(payload)]
     assert events == [
-        [Token(b" Hello")],
-        [Token(b" world")],
-        [Token(b".")],
+        Delta(" Hello", [Token(b" Hello")]),
+        Delta(" world", [Token(b" world")]),
+        Delta(".", [Token(b".")]),
         Finished(None, "stop"),
         Finished(None, None, prompt_tokens=390, completion_tokens=3),
     ]
@@ -102,14 +105,14 @@ def test_vllm_transcription_chunks() -> None:
 
 def test_vllm_chat_chunks_with_logprobs() -> None:
     assert parse_event(VLLM_CHAT[0]) == []  # the role-only first chunk says nothing
-    assert parse_event(VLLM_CHAT[1]) == [[Token(b"Hi", -0.25, ((b"Hi", -0.25), (b"Ho", -2.0)))]]
+    assert parse_event(VLLM_CHAT[1]) == [Delta("Hi", [Token(b"Hi", -0.25, ((b"Hi", -0.25), (b"Ho", -2.0)))])]
     assert parse_event(VLLM_CHAT[2]) == [Finished(None, "length")]
     assert parse_event(VLLM_CHAT[3]) == [Finished(None, None, 400, 1)]
 
 
 def test_logprob_entries_without_bytes_use_the_token_text() -> None:
     payload = {"choices": [{"delta": {"content": "é"}, "logprobs": {"content": [{"token": "é", "logprob": -1.5}]}}]}
-    assert parse_event(payload) == [[Token("é".encode(), -1.5)]]
+    assert parse_event(payload) == [Delta("é", [Token("é".encode(), -1.5)])]
 
 
 def test_openai_transcript_events_with_logprobs() -> None:
@@ -118,8 +121,8 @@ def test_openai_transcript_events_with_logprobs() -> None:
         "delta": " Hello",
         "logprobs": [{"token": " Hel", "logprob": -0.5, "bytes": [32, 72, 101, 108]}, {"token": "lo", "logprob": -0.1}],
     }
-    assert parse_event(delta) == [[Token(b" Hel", -0.5), Token(b"lo", -0.1)]]
-    assert parse_event({"type": "transcript.text.delta", "delta": " plain"}) == [[Token(b" plain")]]
+    assert parse_event(delta) == [Delta(" Hello", [Token(b" Hel", -0.5), Token(b"lo", -0.1)])]
+    assert parse_event({"type": "transcript.text.delta", "delta": " plain"}) == [Delta(" plain", [Token(b" plain")])]
     done = {
         "type": "transcript.text.done",
         "text": " Hello",
@@ -171,7 +174,7 @@ def test_a_replayed_vllm_stream_ends_at_done() -> None:
     body = sse(VLLM_CHAT) + b"data: {this is never read\n\n"
     events = collect(replay(body))
     assert events == [
-        [Token(b"Hi", -0.25, ((b"Hi", -0.25), (b"Ho", -2.0)))],
+        Delta("Hi", [Token(b"Hi", -0.25, ((b"Hi", -0.25), (b"Ho", -2.0)))]),
         Finished(None, "length"),
         Finished(None, None, 400, 1),
     ]
@@ -180,7 +183,7 @@ def test_a_replayed_vllm_stream_ends_at_done() -> None:
 def test_comments_and_event_lines_are_skipped() -> None:
     body = b": progress 0.5\n\nevent: message\n" + sse(VLLM_TRANSCRIPTION)
     events = collect(replay(body), kind="transcription")
-    assert [e for e in events if isinstance(e, list)] == [[Token(b" Hello")], [Token(b" world")], [Token(b".")]]
+    assert [e.text for e in events if isinstance(e, Delta)] == [" Hello", " world", "."]
 
 
 def test_a_stream_cut_before_its_end_is_a_fault() -> None:
@@ -189,8 +192,42 @@ def test_a_stream_cut_before_its_end_is_a_fault() -> None:
 
 
 def test_an_event_that_is_not_json_is_a_fault() -> None:
-    with pytest.raises(UpstreamFault, match="not JSON"):
+    with pytest.raises(UpstreamFault, match="malformed"):
         collect(replay(b"data: {oops\n\n"))
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        {"choices": "x"},
+        {"choices": [1]},
+        {"choices": [{"delta": "x"}]},
+        {"choices": [{"delta": {"content": 5}}]},
+        {"choices": [{"delta": {"content": "a"}, "logprobs": {"content": [1, 2]}}]},
+        {"choices": [{"delta": {"content": "a"}, "logprobs": {"content": [{"token": "a", "logprob": "x"}]}}]},
+        {"choices": [{"delta": {"content": "a"}, "logprobs": {"content": [{"token": "a", "logprob": None}]}}]},
+        {
+            "choices": [
+                {"delta": {"content": "a"}, "logprobs": {"content": [{"token": "a", "logprob": -1, "top_logprobs": 5}]}}
+            ]
+        },
+        {"choices": [], "usage": [1]},
+        {"choices": [], "usage": "x"},
+        {"type": "transcript.text.done", "text": "x", "usage": [1]},
+        {"type": "transcript.text.done", "text": "x", "usage": {"input_token_details": "x"}},
+        {"type": "transcript.text.delta", "delta": 5},
+    ],
+)
+def test_malformed_events_are_faults_not_crashes(payload: Any) -> None:
+    """Fields of the wrong type in an upstream's event: the upstream is at fault (the chunk is retried
+    elsewhere), never an internal error of this server."""
+    with pytest.raises(UpstreamFault, match="malformed"):
+        collect(replay(sse([payload])))
+
+
+def test_deeply_nested_json_is_a_fault() -> None:
+    with pytest.raises(UpstreamFault, match="malformed"):
+        collect(replay(b"data: " + b"[" * 100_000 + b"]" * 100_000 + b"\n\n"))
 
 
 def test_an_answer_that_is_not_a_stream_is_a_fault() -> None:
@@ -312,6 +349,17 @@ def test_piece_table() -> None:
         table.pieces([-1])
 
 
+def test_the_piece_table_forgets_the_least_recently_interned_past_its_limit() -> None:
+    table = PieceTable(limit=2)
+    a, b = table.intern(b"a"), table.intern(b"b")
+    assert table.intern(b"a") == a  # a is now the most recent
+    c = table.intern(b"c")  # b goes
+    assert len(table) == 2 and table.pieces([a, c]) == [b"a", b"c"]
+    with pytest.raises(KeyError):
+        table.pieces([b])
+    assert table.intern(b"b") not in (a, b, c)  # a new id: an old one never means another piece
+
+
 # ---- the catalog's remote models ---------------------------------------------------------------------------
 
 
@@ -352,3 +400,50 @@ def test_vllm_settings() -> None:
 def test_a_directory_is_no_remote_model() -> None:
     with pytest.raises(ValueError, match="directory"):
         ModelCatalog(Settings(_env_file=None, backend="vllm", vllm_urls="http://a:8000", model="/models/x"))
+
+
+# ---- a retried row's replay, and the logprobs check --------------------------------------------------------
+
+
+def told_after(attempts: list[list[bytes]]) -> list[bytes]:
+    """The pieces told to the services over these attempts of one row (each attempt from its start)."""
+    state, told = RowState(0), []
+
+    def on_token(index: int, token: int, logprob: float, top: Any) -> None:
+        told.append(PIECES.pieces([token])[0])
+
+    for attempt in attempts:
+        state.ids, seen = [], b""
+        for piece in attempt:
+            state.ids.append(PIECES.intern(piece))
+            state.logprobs.append(0.0)
+            state.top.append(())
+            before, seen = seen, seen + piece
+            VllmBackend._tell(state, on_token, before, seen)
+    return told
+
+
+def test_a_retry_tells_only_what_the_first_attempt_did_not() -> None:
+    # the first attempt told "Hello wo" and broke off; the retry says the same text in other pieces
+    told = told_after([[b"Hello", b" wo"], [b"Hel", b"lo world", b"."]])
+    assert b"".join(told) == b"Hello world."
+    assert told[-2:] == [b"rld", b"."]  # the part of "lo world" past what was told, then the rest
+
+
+def test_a_retry_that_says_otherwise_fails_the_row() -> None:
+    with pytest.raises(UpstreamFault, match="differs"):
+        told_after([[b"Hello", b" wo"], [b"Goodbye"]])
+
+
+def test_logprobs_for_a_model_only_vllm_serves_are_refused_before_any_work() -> None:
+    settings = Settings(_env_file=None, backend="vllm", vllm_urls="http://gpu1:8000,http://gpu2:8000", model="m")
+    pool = UpstreamPool(settings)
+    backend = VllmBackend("m", "m", pool, settings)
+    for upstream in pool.upstreams:
+        upstream.state, upstream.models, upstream.flavor = "up", frozenset({"m"}), "vllm"
+    backend.check_transcription(Sampling())  # no logprobs asked: served
+    with pytest.raises(InvalidRequestError, match="no logprobs") as caught:
+        backend.check_transcription(Sampling(logprobs=True))
+    assert caught.value.param == "include"
+    pool.upstreams[1].flavor = "openai"  # this server's kind reports them: it may serve the request
+    backend.check_transcription(Sampling(logprobs=True))

@@ -95,6 +95,26 @@ def test_streamed_transcription_is_the_plain_one(front_client: OpenAI, three_chu
     assert usage is not None and usage.output_tokens > 0 and usage.input_tokens >= 3 * 375
 
 
+def test_a_streamed_transcription_reports_each_chunk_as_it_ends(
+    front: str, three_chunks: tuple[str, bytes, str]
+) -> None:
+    """Each chunk's end reaches the client when its upstream ends it, not all at the end: the `: progress`
+    comments count up chunk by chunk before the done event (the rows end with the backend's end token)."""
+    data = {"model": MODEL, "stream": "true", "temperature": "0"}
+    done_seconds = []
+    with httpx.stream(
+        "POST", f"{front}/v1/audio/transcriptions", files={"file": three_chunks}, data=data, timeout=120
+    ) as answer:
+        assert answer.status_code == 200
+        for line in answer.iter_lines():
+            if line.startswith(": progress "):
+                done_seconds.append(float(line.split()[2]))
+            elif '"transcript.text.done"' in line:
+                break
+    assert len(set(done_seconds)) >= 3, done_seconds  # one step per chunk of the three
+    assert done_seconds == sorted(done_seconds) and done_seconds[0] < done_seconds[-1]
+
+
 @pytest.mark.parametrize(
     "response_format",
     [pytest.param("json", marks=pytest.mark.slow), "text", "srt", "vtt", "verbose_json"],  # json: as streaming's
