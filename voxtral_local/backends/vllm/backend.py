@@ -351,7 +351,9 @@ class VllmBackend:
                         final = Finished(None, "length")
                         break
         except TimeoutError as exc:
-            raise UpstreamFault(f"timeout: no token within VOXTRAL_VLLM_TIMEOUT_S={patience:g} s", timeout=True) from exc
+            raise UpstreamFault(
+                f"timeout: no token within VOXTRAL_VLLM_TIMEOUT_S={patience:g} s", timeout=True
+            ) from exc
         if on_token is not None:
             on_token(state.index, self.eos_token_id, 0.0, ())
         answer = final.text if final.text is not None else "".join(text)
