@@ -74,7 +74,7 @@ def test_add_remote_keeps_a_configured_voxtral_mini_alias() -> None:
 def test_vllm_settings() -> None:
     with pytest.raises(ValueError, match="VOXTRAL_VLLM_URLS"):
         Settings(_env_file=None, backend="vllm")
-    for bad in ("gpu1:8000", "ftp://gpu1:8000"):
+    for bad in ("gpu1:8000", "ftp://gpu1:8000", "http://127.0.0.1:99999", "http://h:0", "http://no such host:1"):
         with pytest.raises(ValueError, match="not an http"):
             Settings(_env_file=None, vllm_urls=bad)
     settings = Settings(_env_file=None, vllm_urls="http://a:8000, http://b:8000/v1/,http://a:8000/v1,https://c/v1")

@@ -101,7 +101,15 @@ def test_all_down_is_a_fast_5xx(three_chunks: tuple[str, bytes, str]) -> None:
         assert_envelope(answer, (502, 503, 504))
         chat = {"model": MODEL, "messages": [audio_message()], "max_tokens": 4}
         assert_envelope(httpx.post(f"{url}/v1/chat/completions", json=chat, timeout=60), (502, 503, 504))
+        # streamed, too: a status before the stream starts, not a 200 with an error event
+        streamed = {"model": MODEL, "stream": "true"}
+        answer = httpx.post(f"{url}/v1/audio/transcriptions", files={"file": three_chunks}, data=streamed, timeout=60)
+        assert_envelope(answer, 503, "upstream_unavailable")
+        answer = httpx.post(f"{url}/v1/chat/completions", json={**chat, "stream": True}, timeout=60)
+        assert_envelope(answer, 503, "upstream_unavailable")
         assert all(u["state"] == "down" and u["last_error"] for u in upstream_states(url).values())
+        health = httpx.get(f"{url}/health", timeout=10).json()  # the default model cannot be served: it says why
+        assert health["model_available"] is False and "No upstream" in health["model_error"]
 
 
 def test_a_hanging_upstream_times_out_and_its_chunks_go_elsewhere(

@@ -223,3 +223,6 @@ def test_a_remote_model_is_neither_pulled_nor_deleted(front: str) -> None:
     assert_envelope(pulled, 409, "model_is_remote")
     deleted = httpx.delete(f"{front}/v1/models/{MODEL}", timeout=10)
     assert_envelope(deleted, 409, "model_is_remote")
+    unloaded = httpx.delete(f"{front}/api/ps/{MODEL}", timeout=10)
+    assert_envelope(unloaded, 409, "model_is_remote")
+    assert httpx.get(f"{front}/health", timeout=10).json()["model_available"] is True

@@ -195,7 +195,19 @@ class Settings(BaseSettings):
     def _check_urls(cls, value: str) -> str:
         for url in _split(value, lower=False):
             parts = urlsplit(url)
-            if parts.scheme not in ("http", "https") or not parts.hostname or parts.query or parts.fragment:
+            try:
+                port = parts.port  # ValueError for a port that is not a number in 0-65535
+            except ValueError:
+                port = 0
+            host = parts.hostname or ""
+            if (
+                parts.scheme not in ("http", "https")
+                or not host
+                or any(c.isspace() for c in url)
+                or parts.query
+                or parts.fragment
+                or port == 0
+            ):
                 raise ValueError(f"VOXTRAL_VLLM_URLS: '{url}' is not an http(s) base URL such as http://gpu1:8000")
         return value
 

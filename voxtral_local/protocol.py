@@ -196,7 +196,10 @@ class Health(BaseModel):
 
     status: Literal["healthy"] = "healthy"
     model: str = Field(description="The default model's id.")
-    model_available: bool = Field(description="Whether the default model is downloaded.")
+    model_available: bool = Field(
+        description="Whether the default model is downloaded (for a model on the upstreams: whether an upstream "
+        "that is up lists it)."
+    )
     model_loaded: bool = Field(description="Whether the default model is loaded.")
     model_error: str | None = Field(
         None,

@@ -75,6 +75,9 @@ def create_app(settings: Settings, backends: Mapping[str, ModelBackend] | None =
         models = app.state.models = model_registry(settings, backends, upstreams)
         if upstreams is not None:  # the first health check, which adds the models the upstreams list
             await run_in_worker(upstreams.start)
+            default = models.catalog.default
+            if default.remote and not upstreams.serving(default.source):
+                logger.warning("the default model cannot be served yet: %s", upstreams.unavailable(default.source))
         models.start()  # the idle unload (VOXTRAL_MODEL_TTL)
         app.state.transcription = TranscriptionService(settings, models)
         app.state.chat = ChatService(settings, models, app.state.transcription)

@@ -114,13 +114,15 @@ def health_of(models: ModelRegistry, upstreams: UpstreamPool | None = None) -> H
     default = models.catalog.default
     slot = models.slot(default.id)
     available, problem = models.availability(default.id)
+    if default.remote and upstreams is not None and not upstreams.serving(default.source):
+        available, problem = False, upstreams.unavailable(default.source)
     loaded = models.is_loaded(default.id)
     memory = models.memory()
     return Health(
         model=default.id,
         model_available=available,
         model_loaded=loaded,
-        model_error=None if loaded else problem or slot.load_error,
+        model_error=None if loaded and not default.remote else problem or slot.load_error,
         device=models.device_name(),
         memory_total_bytes=memory.total,
         memory_available_bytes=memory.available,

@@ -49,11 +49,18 @@ async def load_model(model_id: str, models: ModelsDep) -> Response:
     "/api/ps/{model_id:path}",
     status_code=204,
     response_class=Response,
-    responses={204: {"description": "Unloaded."}, **error_responses(404, *COMMON_ERRORS)},
+    responses={204: {"description": "Unloaded."}, **error_responses(404, 409, *COMMON_ERRORS)},
 )
 async def unload_model(model_id: str, models: ModelsDep) -> Response:
     """Unload a model once the requests using it have finished (new ones wait, then load it again); 204.
-    404 `model_not_found` for an unknown model, `model_not_loaded` for one not loaded."""
+    404 `model_not_found` for an unknown model, `model_not_loaded` for one not loaded; 409 `model_is_remote`
+    for a model on the upstream vLLM servers (nothing of it is loaded here)."""
     model = models.resolve(model_id)
+    if model.remote:
+        raise ModelConflictError(
+            f"The model '{model.id}' runs on the upstream vLLM servers: nothing of it is loaded here to unload.",
+            param="model",
+            code="model_is_remote",
+        )
     await run_in_worker(models.unload_loaded, model.id)
     return Response(status_code=204)

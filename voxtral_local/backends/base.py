@@ -153,6 +153,11 @@ class ModelBackend(Protocol):
         """New-token cap for a chunk of `duration_s` seconds of audio, at most `max_tokens`."""
         ...
 
+    def check_ready(self) -> None:
+        """Raise ModelUnavailableError (503) when the model cannot take a request now (no upstream serves it),
+        so that a streamed request fails with a status before its stream starts."""
+        ...
+
     def check_transcription(self, sampling: Sampling) -> None:
         """Raise InvalidRequestError when a transcription with this sampling cannot be served (a vLLM upstream
         gives no logprobs for transcriptions), before any work starts."""

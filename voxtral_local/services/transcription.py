@@ -201,6 +201,7 @@ class TranscriptionService:
                 audio = self.decode_start(audio, request.cancel)
             hold = ModelHold.acquire(self.models, request.model)
             try:
+                hold.backend.check_ready()
                 hold.backend.check_transcription(Sampling(logprobs=request.logprobs))
             except BaseException:
                 hold.close()

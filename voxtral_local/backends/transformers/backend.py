@@ -171,6 +171,9 @@ class TransformersBackend:
         if device is not None and device.type == "cuda":
             torch.cuda.empty_cache()
 
+    def check_ready(self) -> None:
+        """A loaded model is ready."""
+
     def check_transcription(self, sampling: Sampling) -> None:
         """Every sampling is served here."""
 

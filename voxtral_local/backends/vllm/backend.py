@@ -134,6 +134,11 @@ class VllmBackend:
     def token_cap(self, duration_s: float, max_tokens: int | None = None) -> int:
         return chunk_token_cap(duration_s, self.settings.max_tokens_per_audio_second, max_tokens)
 
+    def check_ready(self) -> None:
+        """UpstreamUnavailableError (503) when no upstream that is up lists the model now."""
+        if not self.pool.serving(self.upstream_model):
+            raise UpstreamUnavailableError(self.pool.unavailable(self.upstream_model))
+
     def check_transcription(self, sampling: Sampling) -> None:
         """InvalidRequestError for `include[]=logprobs` (`sampling.logprobs`) when every upstream serving the
         model is vLLM, whose transcriptions carry no logprobs."""

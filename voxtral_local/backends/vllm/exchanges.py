@@ -26,7 +26,7 @@ import soundfile as sf
 from ...audio.decode import SAMPLE_RATE
 from ...errors import shorten
 from ..base import Conversation, Sampling
-from .upstreams import Flavor, Upstream, describe_http_error
+from .upstreams import STALE_CONNECTION, Flavor, Upstream, describe_http_error
 
 MAX_ERROR_BODY = 4096  # bytes of an upstream's error answer read for its message
 REQUEST_ERROR_TYPES = ("invalid_request_error", "BadRequestError")  # OpenAI's and vLLM's error types for a 400
@@ -190,7 +190,10 @@ async def stream_chat(
 async def _events(client: httpx.AsyncClient, request: httpx.Request) -> AsyncGenerator[Event, None]:
     finished = False
     try:
-        response = await client.send(request, stream=True)
+        try:
+            response = await client.send(request, stream=True)
+        except STALE_CONNECTION:  # a pooled connection the upstream had closed: once more, on a new one
+            response = await client.send(request, stream=True)
     except httpx.HTTPError as exc:
         raise UpstreamFault(describe_http_error(exc), timeout=isinstance(exc, httpx.TimeoutException)) from exc
     try:

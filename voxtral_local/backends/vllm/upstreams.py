@@ -34,6 +34,9 @@ State = Literal["unknown", "up", "down"]
 Flavor = Literal["vllm", "openai"]
 MAX_LISTED_MODELS = 1000  # more entries than this in an upstream's model list are ignored
 MAX_MODEL_ID = 256
+KEEPALIVE_S = 4.0  # seconds an idle connection to an upstream is kept for reuse
+# Errors of a connection the upstream closed while it sat in the pool: the request never reached it.
+STALE_CONNECTION = (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError)
 
 
 @dataclass
@@ -109,7 +112,9 @@ class UpstreamPool:
             limits=httpx.Limits(
                 max_connections=None,  # VOXTRAL_VLLM_MAX_IN_FLIGHT bounds each upstream
                 max_keepalive_connections=self.max_in_flight * max(1, len(self.upstreams)),
-                keepalive_expiry=30,
+                # Below the 5 s after which uvicorn (vLLM's server, and this one) closes an idle connection: a
+                # connection it has closed is never taken again.
+                keepalive_expiry=KEEPALIVE_S,
             ),
         )
         self._changed = asyncio.Condition()
@@ -190,7 +195,7 @@ class UpstreamPool:
             while True:
                 candidates = [u for u in self.upstreams if u.state == "up" and model in u.models and u not in exclude]
                 if not candidates:
-                    raise UpstreamUnavailableError(self._unavailable(model, exclude))
+                    raise UpstreamUnavailableError(self.unavailable(model, exclude))
                 free = [u for u in candidates if u.in_flight < self.max_in_flight]
                 if free:
                     chosen = min(free, key=lambda u: u.in_flight)
@@ -219,7 +224,8 @@ class UpstreamPool:
     def _record(self, upstream: Upstream, error: str) -> None:
         upstream.last_error, upstream.last_error_at = shorten(error, 300), time.time()
 
-    def _unavailable(self, model: str, exclude: Collection[Upstream]) -> str:
+    def unavailable(self, model: str, exclude: Collection[Upstream] = ()) -> str:
+        """Why no upstream can take a request for `model` now (for UpstreamUnavailableError)."""
         listing = [u for u in self.upstreams if model in u.models]
         if not listing:
             return (
@@ -259,7 +265,10 @@ class UpstreamPool:
     async def _check_one(self, upstream: Upstream) -> None:
         timeout = httpx.Timeout(self.settings.vllm_connect_timeout_s + 2, connect=self.settings.vllm_connect_timeout_s)
         try:
-            response = await self.client.get(f"{upstream.url}/models", timeout=timeout)
+            try:
+                response = await self.client.get(f"{upstream.url}/models", timeout=timeout)
+            except STALE_CONNECTION:  # once more, on a new connection
+                response = await self.client.get(f"{upstream.url}/models", timeout=timeout)
             response.raise_for_status()
             models, context, flavor = parse_model_list(response.json())
         except (httpx.HTTPError, ValueError) as exc:
