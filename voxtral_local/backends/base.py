@@ -86,11 +86,6 @@ class ChunkOutput:
         """Tokens the model generated for this row."""
         return len(self.token_ids) if self.completion_tokens is None else self.completion_tokens
 
-    @property
-    def vocabulary_ids(self) -> list[int]:
-        """`token_ids` when they are the model's vocabulary ids; empty for a text backend's pseudo-ids."""
-        return self.token_ids if self.completion_tokens is None else []
-
 
 @dataclass(frozen=True)
 class BackendStatus:
