@@ -9,14 +9,13 @@ Rows of different lengths are left-padded.
 from __future__ import annotations
 
 import base64
-import io
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
-import soundfile as sf
 
 from ...audio.decode import SAMPLE_RATE
+from ...audio.encode import wav_bytes
 from ..base import Conversation
 
 
@@ -49,6 +48,4 @@ def _with_wav(conversation: Conversation) -> Conversation:
 
 def wav_part(samples: np.ndarray) -> dict[str, str]:
     """A chat content part carrying 16 kHz mono samples as base64 WAV, as the processor expects."""
-    buffer = io.BytesIO()
-    sf.write(buffer, np.asarray(samples, dtype=np.float32), SAMPLE_RATE, format="WAV", subtype="FLOAT")
-    return {"type": "audio", "base64": base64.b64encode(buffer.getvalue()).decode("ascii")}
+    return {"type": "audio", "base64": base64.b64encode(wav_bytes(samples)).decode("ascii")}

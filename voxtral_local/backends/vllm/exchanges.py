@@ -13,7 +13,6 @@ it does not know.
 from __future__ import annotations
 
 import base64
-import io
 import json
 from collections.abc import AsyncGenerator
 from dataclasses import dataclass
@@ -21,9 +20,8 @@ from typing import Any
 
 import httpx
 import numpy as np
-import soundfile as sf
 
-from ...audio.decode import SAMPLE_RATE
+from ...audio.encode import wav_bytes
 from ...errors import shorten
 from ..base import Conversation, Sampling
 from .upstreams import STALE_CONNECTION, Flavor, Upstream, describe_http_error
@@ -82,14 +80,6 @@ class UpstreamRejected(Exception):
     def __init__(self, status: int, message: str, param: str | None, code: str | None) -> None:
         super().__init__(message)
         self.status, self.message, self.param, self.code = status, message, param, code
-
-
-def wav_bytes(samples: np.ndarray) -> bytes:
-    """16 kHz mono float32 samples, shape (n,), as a 32-bit float WAV file (lossless: the upstream decodes the
-    same samples this server would have used)."""
-    buffer = io.BytesIO()
-    sf.write(buffer, np.asarray(samples, dtype=np.float32), SAMPLE_RATE, format="WAV", subtype="FLOAT")
-    return buffer.getvalue()
 
 
 def transcription_form(
