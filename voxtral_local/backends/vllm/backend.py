@@ -15,12 +15,13 @@ import concurrent.futures
 import contextlib
 import math
 import threading
-from collections.abc import AsyncGenerator, Callable, Iterable, Sequence
+from collections.abc import AsyncGenerator, Callable, Coroutine, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
+from ...audio.decode import SAMPLE_RATE
 from ...config import Settings
 from ...errors import (
     GenerationCancelledError,
@@ -52,6 +53,7 @@ PIECES = PieceTable()  # shared by every model and request: pieces are the upstr
 WAIT_STEP_S = 0.05  # how often a waiting job looks at its `cancel`
 
 Stream = Callable[[Upstream], AsyncGenerator[Event, None]]
+Row = tuple[int, Callable[[], Coroutine[Any, Any, ChunkOutput]]]  # a row's token cap, and what starts it
 
 
 @dataclass
@@ -160,14 +162,12 @@ class VllmBackend:
     def prompt_tokens(self, conversation: Conversation) -> int:
         """An estimate of the prompt's tokens (375 per started 30 s of audio, one per 4 bytes of text): the
         upstream counts exactly, and refuses a prompt too long for it (a 400 passed on to the client)."""
-        total = 0
+        total = conversation_audio_tokens(conversation)
         for message in conversation:
             content = message.get("content")
             parts = content if isinstance(content, list) else [{"type": "text", "text": str(content or "")}]
             for part in parts:
-                if "samples" in part:
-                    total += audio_tokens(len(part["samples"]) / 16000)
-                else:
+                if "samples" not in part:
                     total += math.ceil(len(str(part.get("text", "")).encode("utf-8")) / TEXT_BYTES_PER_TOKEN)
         return total
 
@@ -189,9 +189,9 @@ class VllmBackend:
         `include[]=logprobs` (`sampling.logprobs`) needs upstreams that return them (this server's kind does,
         vLLM does not: InvalidRequestError)."""
 
-        def row(samples: np.ndarray, index: int) -> Callable[[], Any]:
-            cap = self.token_cap(len(samples) / 16000, max_tokens)
-            duration = len(samples) / 16000
+        def row(index: int, samples: np.ndarray) -> Row:
+            duration = len(samples) / SAMPLE_RATE
+            cap = self.token_cap(duration, max_tokens)
 
             def stream(upstream: Upstream) -> AsyncGenerator[Event, None]:
                 if sampling.logprobs and upstream.flavor == "vllm":
@@ -206,10 +206,9 @@ class VllmBackend:
                     cap=cap,
                 )
 
-            return lambda: self._row(index, stream, on_token, audio_tokens(duration), cap)
+            return cap, lambda: self._row(index, stream, on_token, audio_tokens(duration), cap)
 
-        caps = [self.token_cap(len(c) / 16000, max_tokens) for c in chunks]
-        return self._run([row(c, i) for i, c in enumerate(chunks)], caps, on_rows, cancel, more, row, max_tokens)
+        return self._run([row(i, c) for i, c in enumerate(chunks)], on_rows, cancel, more, row)
 
     def chat(
         self,
@@ -223,15 +222,7 @@ class VllmBackend:
     ) -> list[ChunkOutput]:
         """Each conversation as one streamed upstream chat completion, all at once; outputs in order."""
 
-        def row(conversation: Conversation, cap: int, index: int) -> Callable[[], Any]:
-            audio = sum(
-                audio_tokens(len(p["samples"]) / 16000)
-                for m in conversation
-                if isinstance(m.get("content"), list)
-                for p in m["content"]
-                if "samples" in p
-            )
-
+        def row(index: int, conversation: Conversation, cap: int) -> Row:
             def stream(upstream: Upstream) -> AsyncGenerator[Event, None]:
                 return stream_chat(
                     self.pool.client,
@@ -242,36 +233,37 @@ class VllmBackend:
                     cap=cap,
                 )
 
-            return lambda: self._row(index, stream, on_token, audio, cap)
+            audio = conversation_audio_tokens(conversation)
+            return cap, lambda: self._row(index, stream, on_token, audio, cap)
 
-        rows = [row(c, cap, i) for i, (c, cap) in enumerate(zip(conversations, caps, strict=True))]
-        return self._run(rows, list(caps), on_rows, cancel, None, None, None)
+        rows = [row(i, c, cap) for i, (c, cap) in enumerate(zip(conversations, caps, strict=True))]
+        return self._run(rows, on_rows, cancel)
 
     def _run(
         self,
-        rows: list[Callable[[], Any]],
-        caps: list[int],
+        rows: list[Row],
         on_rows: RowsCallback | None,
         cancel: threading.Event | None,
-        more: Iterable[Sequence[np.ndarray]] | None,
-        make_row: Callable[[np.ndarray, int], Callable[[], Any]] | None,
-        max_tokens: int | None,
+        more: Iterable[Sequence[np.ndarray]] | None = None,
+        make_row: Callable[[int, np.ndarray], Row] | None = None,
     ) -> list[ChunkOutput]:
-        """Send every row (and the rows `more` yields, as it yields them); wait for all, or for `cancel`."""
+        """Send every row (and the rows `make_row` makes of the chunks `more` yields, as it yields them, numbered
+        after those sent); wait for all, or for `cancel`."""
         with self._lock:
             self._jobs += 1
         futures: list[concurrent.futures.Future[ChunkOutput]] = []
+
+        def send(part: list[Row]) -> None:
+            if on_rows is not None and part:
+                on_rows([cap for cap, _ in part])
+            futures.extend(self.pool.submit(start()) for _, start in part)
+
         try:
-            if on_rows is not None and caps:
-                on_rows(caps)
-            futures = [self.pool.submit(make()) for make in rows]
-            for part in more or ():
+            send(rows)
+            for chunks in more or ():
                 self._check(futures, cancel)
                 assert make_row is not None
-                start = len(futures)
-                if on_rows is not None and part:
-                    on_rows([self.token_cap(len(c) / 16000, max_tokens) for c in part])
-                futures += [self.pool.submit(make_row(c, start + i)()) for i, c in enumerate(part)]
+                send([make_row(len(futures) + i, chunk) for i, chunk in enumerate(chunks)])
             while not all(f.done() for f in futures):
                 self._check(futures, cancel)
                 concurrent.futures.wait(futures, timeout=WAIT_STEP_S, return_when=concurrent.futures.FIRST_EXCEPTION)
@@ -405,6 +397,17 @@ def _no_logprobs(model_id: str) -> InvalidRequestError:
         f"The model '{model_id}' runs on vLLM, whose transcriptions carry no logprobs: leave out "
         "include[]=logprobs, or use the chat completions API with logprobs.",
         param="include",
+    )
+
+
+def conversation_audio_tokens(conversation: Conversation) -> int:
+    """Voxtral's audio tokens for the audio parts (`base.audio_part`) of a conversation."""
+    return sum(
+        audio_tokens(len(part["samples"]) / SAMPLE_RATE)
+        for message in conversation
+        if isinstance(message.get("content"), list)
+        for part in message["content"]
+        if "samples" in part
     )
 
 
