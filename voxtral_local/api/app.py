@@ -76,8 +76,8 @@ def create_app(settings: Settings, backends: Mapping[str, ModelBackend] | None =
         if upstreams is not None:  # the first health check, which adds the models the upstreams list
             await run_in_worker(upstreams.start)
             default = models.catalog.default
-            if default.remote and not upstreams.serving(default.source):
-                logger.warning("the default model cannot be served yet: %s", upstreams.unavailable(default.source))
+            if default.remote and (problem := upstreams.problem(default.source)) is not None:
+                logger.warning("the default model cannot be served yet: %s", problem)
         models.start()  # the idle unload (VOXTRAL_MODEL_TTL)
         app.state.transcription = TranscriptionService(settings, models)
         app.state.chat = ChatService(settings, models, app.state.transcription)

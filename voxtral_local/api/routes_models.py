@@ -114,8 +114,8 @@ def health_of(models: ModelRegistry, upstreams: UpstreamPool | None = None) -> H
     default = models.catalog.default
     slot = models.slot(default.id)
     available, problem = models.availability(default.id)
-    if default.remote and upstreams is not None and not upstreams.serving(default.source):
-        available, problem = False, upstreams.unavailable(default.source)
+    if default.remote and upstreams is not None and (missing := upstreams.problem(default.source)) is not None:
+        available, problem = False, missing
     loaded = models.is_loaded(default.id)
     memory = models.memory()
     return Health(

@@ -138,16 +138,16 @@ class VllmBackend:
 
     def check_ready(self) -> None:
         """UpstreamUnavailableError (503) when no upstream that is up lists the model now."""
-        if not self.pool.serving(self.upstream_model):
-            raise UpstreamUnavailableError(self.pool.unavailable(self.upstream_model))
+        problem = self.pool.problem(self.upstream_model)
+        if problem is not None:
+            raise UpstreamUnavailableError(problem)
 
     def check_transcription(self, sampling: Sampling) -> None:
         """InvalidRequestError for `include[]=logprobs` (`sampling.logprobs`) when every upstream serving the
         model is vLLM, whose transcriptions carry no logprobs."""
         if not sampling.logprobs:
             return
-        kinds = {u.flavor for u in self.pool.snapshot() if u.state == "up" and self.upstream_model in u.models}
-        if kinds == {"vllm"}:
+        if {u.flavor for u in self.pool.listing(self.upstream_model)} == {"vllm"}:
             raise _no_logprobs(self.model_id)
 
     def row_capacity(self) -> int | None:

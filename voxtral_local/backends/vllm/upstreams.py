@@ -175,9 +175,17 @@ class UpstreamPool:
             for u in list(self.upstreams)
         ]
 
+    def listing(self, model: str) -> list[Upstream]:
+        """The upstreams that are up and list `model` (any thread)."""
+        return [u for u in list(self.upstreams) if u.state == "up" and model in u.models]
+
     def serving(self, model: str) -> list[str]:
         """The URLs of the upstreams that are up and list `model` (any thread)."""
-        return [u.url for u in list(self.upstreams) if u.state == "up" and model in u.models]
+        return [u.url for u in self.listing(model)]
+
+    def problem(self, model: str) -> str | None:
+        """Why no upstream can take a request for `model` now; None when one that is up lists it."""
+        return None if self.listing(model) else self._unavailable(model)
 
     def context_tokens(self, model: str) -> int | None:
         """The smallest context length an upstream reports for `model` (vLLM's `max_model_len`); None if none does."""
@@ -193,9 +201,9 @@ class UpstreamPool:
         assert self._changed is not None
         async with self._changed:
             while True:
-                candidates = [u for u in self.upstreams if u.state == "up" and model in u.models and u not in exclude]
+                candidates = [u for u in self.listing(model) if u not in exclude]
                 if not candidates:
-                    raise UpstreamUnavailableError(self.unavailable(model, exclude))
+                    raise UpstreamUnavailableError(self._unavailable(model, exclude))
                 free = [u for u in candidates if u.in_flight < self.max_in_flight]
                 if free:
                     chosen = min(free, key=lambda u: u.in_flight)
@@ -224,7 +232,7 @@ class UpstreamPool:
     def _record(self, upstream: Upstream, error: str) -> None:
         upstream.last_error, upstream.last_error_at = shorten(error, 300), time.time()
 
-    def unavailable(self, model: str, exclude: Collection[Upstream] = ()) -> str:
+    def _unavailable(self, model: str, exclude: Collection[Upstream] = ()) -> str:
         """Why no upstream can take a request for `model` now (for UpstreamUnavailableError)."""
         listing = [u for u in self.upstreams if model in u.models]
         if not listing:
