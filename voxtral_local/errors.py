@@ -198,6 +198,17 @@ class ModelConflictError(VoxtralError):
     code = "conflict"
 
 
+class ModelIsRemoteError(ModelConflictError):
+    """The model runs on the upstream vLLM servers, so nothing of it is here to pull, delete or unload. A 409."""
+
+    code = "model_is_remote"
+
+    def __init__(self, model_id: str, detail: str) -> None:
+        super().__init__(
+            f"The model '{model_id}' runs on the upstream vLLM servers (VOXTRAL_VLLM_URLS): {detail}", param="model"
+        )
+
+
 class ModelDownloadError(VoxtralError):
     """Pulling the model from the hub failed (no such repository, no network, a dropped connection)."""
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Response
 
-from ..errors import ModelConflictError
+from ..errors import ModelConflictError, ModelIsRemoteError
 from ..protocol import RunningModels
 from .deps import ModelsDep
 from .openapi import COMMON_ERRORS, error_responses
@@ -57,10 +57,6 @@ async def unload_model(model_id: str, models: ModelsDep) -> Response:
     for a model on the upstream vLLM servers (nothing of it is loaded here)."""
     model = models.resolve(model_id)
     if model.remote:
-        raise ModelConflictError(
-            f"The model '{model.id}' runs on the upstream vLLM servers: nothing of it is loaded here to unload.",
-            param="model",
-            code="model_is_remote",
-        )
+        raise ModelIsRemoteError(model.id, "nothing of it is loaded here to unload.")
     await run_in_worker(models.unload_loaded, model.id)
     return Response(status_code=204)

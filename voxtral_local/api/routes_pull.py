@@ -10,7 +10,7 @@ from typing import Literal
 from fastapi import APIRouter, Request
 from fastapi.responses import StreamingResponse
 
-from ..errors import InvalidRequestError, ModelConflictError, ModelUnavailableError, quote
+from ..errors import InvalidRequestError, ModelIsRemoteError, ModelUnavailableError, quote
 from ..models.catalog import ServedModel
 from ..models.registry import ModelRegistry
 from ..models.store import Download, PullProgress
@@ -49,12 +49,7 @@ async def pull_model(request: Request, models: ModelsDep) -> ModelPullStatus | S
     params = await read_json(request, ModelPullRequest, default=ModelPullRequest())
     model, name = _named_model(params, models)
     if model.remote:
-        raise ModelConflictError(
-            f"The model '{model.id}' runs on the upstream vLLM servers (VOXTRAL_VLLM_URLS): nothing to pull here; "
-            "`vllm serve` downloads it on their machines.",
-            param="model",
-            code="model_is_remote",
-        )
+        raise ModelIsRemoteError(model.id, "nothing to pull here; `vllm serve` downloads it on their machines.")
     if model.is_local:
         status = await run_in_worker(_local_status, models, model, name)  # reads the directory: off the loop
         if params.stream:

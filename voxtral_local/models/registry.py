@@ -31,6 +31,7 @@ from ..backends.base import ModelBackend
 from ..errors import (
     InsufficientMemoryError,
     ModelConflictError,
+    ModelIsRemoteError,
     ModelNotDownloadedError,
     ModelNotLoadedError,
     ModelUnavailableError,
@@ -136,12 +137,7 @@ class ModelRegistry(RegistryState):
         ModelNotDownloadedError when it is not in the cache."""
         model = self.resolve(name)
         if model.remote:
-            raise ModelConflictError(
-                f"The model '{model.id}' is served by the upstream vLLM servers (VOXTRAL_VLLM_URLS); its files are "
-                "on their machines, not here.",
-                param="model",
-                code="model_is_remote",
-            )
+            raise ModelIsRemoteError(model.id, "its files are on their machines, not here.")
         if model.is_local:
             raise ModelConflictError(
                 f"The model '{model.id}' is the local directory '{model.source}'; voxtral-local deletes only "
