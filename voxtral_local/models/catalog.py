@@ -28,12 +28,13 @@ VOXTRAL_SMALL = "mistralai/Voxtral-Small-24B-2507"
 DEFAULT_MODEL_ALIASES = ("whisper-1", "gpt-4o-transcribe", "gpt-4o-mini-transcribe")
 HUB_ALIASES = {"voxtral-mini": VOXTRAL_MINI, "voxtral-small": VOXTRAL_SMALL}
 BackendName = Literal["transformers", "vllm"]
+PATH_PREFIXES = ("/", ".", "~")  # a model source starting so is a directory, whether it exists or not
 
 
 def is_local_source(source: str) -> bool:
     """True when `source` names a directory rather than a hub id: it starts with `/`, `.` or `~`, or is an
     existing directory (a path that cannot be inspected counts as a path)."""
-    if source.startswith(("/", ".", "~")):
+    if source.startswith(PATH_PREFIXES):
         return True
     try:
         return Path(source).expanduser().is_dir()
@@ -88,7 +89,7 @@ class ModelCatalog:
         self._sources: dict[str, str] = {}  # the configured source strings, also accepted as names
         self._lock = threading.Lock()  # serialises `add_remote` (the tables are replaced, not changed)
         for i, source in enumerate(sources):
-            if backend == "vllm" and source.startswith(("/", ".", "~")):
+            if backend == "vllm" and source.startswith(PATH_PREFIXES):
                 raise ValueError(
                     f"'{source}' is a directory, but VOXTRAL_BACKEND=vllm serves the models of the upstreams: "
                     "name them by the id they list under /v1/models"
