@@ -104,11 +104,6 @@ class ChatService:
             check_available(self.models, params.model)
             prepared = self._validated(params, cancel)
             hold = ModelHold.acquire(self.models, params.model)
-            try:
-                hold.backend.check_ready()  # a stream that cannot be served fails with a status
-            except BaseException:
-                hold.close()
-                raise
         except BaseException as exc:
             log_failure("chat", model_id_of(self.models, params.model), exc, wall_seconds=time.monotonic() - started)
             raise

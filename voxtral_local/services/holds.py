@@ -1,7 +1,7 @@
 """A request's model, checked before its audio is decoded and held from its preparation to the end of its work.
 
-A request that must fail before its stream starts (a model that will not load is an error status, not an
-error event) loads its model first, in a preparation step, and keeps it until its work ends: without the hold
+A request that must fail before its stream starts (a model that will not load, or that no upstream serves now,
+is an error status, not an error event) loads its model first, in a preparation step, and keeps it until its work ends: without the hold
 the idle unload (`VOXTRAL_MODEL_TTL=0` right after the preparation), a `DELETE /api/ps/{id}` or a load that
 makes room could take the model in between, and the work would load it again. A hold that is never let go
 blocks every unload of that model, so each path lets it go: the work at its end, `close` when the work never
@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import threading
 import weakref
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 from ..backends.base import ModelBackend
@@ -63,14 +63,21 @@ class ModelHold:
         self._finalizer = weakref.finalize(self, lease.release)
 
     @classmethod
-    def acquire(cls, models: ModelRegistry, name: str) -> ModelHold:
-        """Load the model `name` means (unless loaded) and hold it; raises as `ModelRegistry.acquire`."""
-        return cls(models.acquire(name))
-
-    @property
-    def backend(self) -> ModelBackend:
-        """The held model's backend, to check a request against before its work begins."""
-        return self._lease.backend
+    def acquire(
+        cls, models: ModelRegistry, name: str, check: Callable[[ModelBackend], None] | None = None
+    ) -> ModelHold:
+        """Load the model `name` means (unless loaded) and hold it, once its backend says it can take a request
+        now (`check_ready`) and `check` (the request's own checks) passes; raises as `ModelRegistry.acquire`, or
+        what a check raises, holding nothing then."""
+        lease = models.acquire(name)
+        try:
+            lease.backend.check_ready()
+            if check is not None:
+                check(lease.backend)
+        except BaseException:
+            lease.release()
+            raise
+        return cls(lease)
 
     @contextmanager
     def work(self) -> Iterator[ModelBackend]:

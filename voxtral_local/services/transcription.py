@@ -199,13 +199,8 @@ class TranscriptionService:
             audio = request.audio
             if isinstance(audio, bytes):
                 audio = self.decode_start(audio, request.cancel)
-            hold = ModelHold.acquire(self.models, request.model)
-            try:
-                hold.backend.check_ready()
-                hold.backend.check_transcription(Sampling(logprobs=request.logprobs))
-            except BaseException:
-                hold.close()
-                raise
+            sampling = Sampling(logprobs=request.logprobs)
+            hold = ModelHold.acquire(self.models, request.model, lambda backend: backend.check_transcription(sampling))
         except BaseException as exc:
             wall = time.monotonic() - started
             log_failure("transcription", model_id_of(self.models, request.model), exc, wall_seconds=wall)
