@@ -156,13 +156,21 @@ def _rss_mb() -> float:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
+def proc_stat_cpu() -> list[int] | None:
+    """The whole machine's CPU time from /proc/stat's first line (user, nice, system, idle, iowait, irq,
+    softirq, steal), in jiffies; None where there is none."""
+    try:
+        with open("/proc/stat") as f:
+            return [int(x) for x in f.readline().split()[1:9]]
+    except (OSError, ValueError):
+        return None
+
+
 def _cpu_jiffies() -> tuple[int, int] | None:
     """(steal, total) CPU time of the whole machine from /proc/stat, in jiffies; None where there is none.
     Steal is time the hypervisor gave this virtual machine's CPUs to someone else."""
-    try:
-        with open("/proc/stat") as f:
-            fields = [int(x) for x in f.readline().split()[1:9]]
-    except (OSError, ValueError):
+    fields = proc_stat_cpu()
+    if fields is None:
         return None
     return (fields[7] if len(fields) > 7 else 0), sum(fields)
 

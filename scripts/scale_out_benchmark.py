@@ -47,7 +47,15 @@ os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
 import httpx  # noqa: E402
 import numpy as np  # noqa: E402
-from benchmark import CAP_MARGIN, _cpu_jiffies, free_port, make_audio, preset_config, steal_percent  # noqa: E402
+from benchmark import (  # noqa: E402
+    CAP_MARGIN,
+    _cpu_jiffies,
+    free_port,
+    make_audio,
+    preset_config,
+    proc_stat_cpu,
+    steal_percent,
+)
 
 MODES = ("direct", "front-1", "front-2")
 SERVED_NAME = "bench"  # the id the upstreams serve the checkpoint as, and the fronts forward
@@ -219,9 +227,10 @@ def transcribe(url: str, mp3: bytes, pids: Sequence[int] = ()) -> dict[str, Any]
 def busy_jiffies(pids: Sequence[int]) -> tuple[int, int, int] | None:
     """(busy, total) CPU time of the whole machine (/proc/stat) and the CPU time of the processes `pids`
     (/proc/<pid>/stat, threads included), all in clock ticks; None where /proc has none of it."""
+    fields = proc_stat_cpu()
+    if fields is None:
+        return None
     try:
-        with open("/proc/stat") as f:
-            fields = [int(x) for x in f.readline().split()[1:9]]
         ours = 0
         for pid in pids:
             with open(f"/proc/{pid}/stat") as f:
