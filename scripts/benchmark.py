@@ -39,6 +39,7 @@ os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+from cpu_time import cpu_jiffies, steal_percent  # noqa: E402
 
 from voxtral_local.audio.chunking import split_audio  # noqa: E402
 from voxtral_local.audio.decode import SAMPLE_RATE, decode_audio  # noqa: E402
@@ -154,32 +155,6 @@ class PeakMemory:
 def _rss_mb() -> float:
     with open("/proc/self/statm") as f:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
-
-
-def proc_stat_cpu() -> list[int] | None:
-    """The whole machine's CPU time from /proc/stat's first line (user, nice, system, idle, iowait, irq,
-    softirq, steal), in jiffies; None where there is none."""
-    try:
-        with open("/proc/stat") as f:
-            return [int(x) for x in f.readline().split()[1:9]]
-    except (OSError, ValueError):
-        return None
-
-
-def _cpu_jiffies() -> tuple[int, int] | None:
-    """(steal, total) CPU time of the whole machine from /proc/stat, in jiffies; None where there is none.
-    Steal is time the hypervisor gave this virtual machine's CPUs to someone else."""
-    fields = proc_stat_cpu()
-    if fields is None:
-        return None
-    return (fields[7] if len(fields) > 7 else 0), sum(fields)
-
-
-def steal_percent(before: tuple[int, int] | None, after: tuple[int, int] | None) -> float | None:
-    """Share of the CPU time between two `_cpu_jiffies` readings that was stolen, in percent."""
-    if before is None or after is None or after[1] <= before[1]:
-        return None
-    return round(100 * (after[0] - before[0]) / (after[1] - before[1]), 1)
 
 
 def chunk_caps(engine: TransformersBackend, samples: np.ndarray) -> tuple[list[np.ndarray], list[int]]:
@@ -349,7 +324,7 @@ def main() -> None:
             mp3 = make_audio(seconds, cache)
             for strategy in strategies * max(1, args.repeat):
                 first_delta = None
-                jiffies = _cpu_jiffies()
+                jiffies = cpu_jiffies()
                 with memory.measure():
                     start = time.perf_counter()
                     if strategy == "http":
@@ -371,7 +346,7 @@ def main() -> None:
                     "peak_rss_mb": round(memory.rss_mb),
                     "peak_cuda_mb": None if memory.cuda_mb is None else round(memory.cuda_mb),
                     "first_delta_seconds": None if first_delta is None else round(first_delta, 3),
-                    "cpu_steal_percent": steal_percent(jiffies, _cpu_jiffies()),
+                    "cpu_steal_percent": steal_percent(jiffies, cpu_jiffies()),
                 }
                 results.append(row)
                 print(json.dumps(row), flush=True)

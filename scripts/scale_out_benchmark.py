@@ -47,15 +47,8 @@ os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
 import httpx  # noqa: E402
 import numpy as np  # noqa: E402
-from benchmark import (  # noqa: E402
-    CAP_MARGIN,
-    _cpu_jiffies,
-    free_port,
-    make_audio,
-    preset_config,
-    proc_stat_cpu,
-    steal_percent,
-)
+from benchmark import CAP_MARGIN, free_port, make_audio, preset_config  # noqa: E402
+from cpu_time import busy_jiffies, cpu_jiffies, foreign_percent, steal_percent  # noqa: E402
 
 MODES = ("direct", "front-1", "front-2")
 SERVED_NAME = "bench"  # the id the upstreams serve the checkpoint as, and the fronts forward
@@ -200,7 +193,7 @@ def transcribe(url: str, mp3: bytes, pids: Sequence[int] = ()) -> dict[str, Any]
     from openai import OpenAI
 
     client = OpenAI(base_url=f"{url}/v1", api_key="x", max_retries=0, timeout=3600)
-    jiffies = _cpu_jiffies()
+    jiffies = cpu_jiffies()
     busy = busy_jiffies(pids)
     start = time.perf_counter()
     result = client.audio.transcriptions.create(
@@ -218,37 +211,10 @@ def transcribe(url: str, mp3: bytes, pids: Sequence[int] = ()) -> dict[str, Any]
         "segments": len(segments),
         "tokens": sum(len(s.tokens) for s in segments),
         "end_seconds": round(segments[-1].end, 2) if segments else 0.0,
-        "cpu_steal_percent": steal_percent(jiffies, _cpu_jiffies()),
+        "cpu_steal_percent": steal_percent(jiffies, cpu_jiffies()),
         "other_processes_cpu_percent": foreign_percent(busy, busy_jiffies(pids)),
         "load_average_1m": round(os.getloadavg()[0], 2),
     }
-
-
-def busy_jiffies(pids: Sequence[int]) -> tuple[int, int, int] | None:
-    """(busy, total) CPU time of the whole machine (/proc/stat) and the CPU time of the processes `pids`
-    (/proc/<pid>/stat, threads included), all in clock ticks; None where /proc has none of it."""
-    fields = proc_stat_cpu()
-    if fields is None:
-        return None
-    try:
-        ours = 0
-        for pid in pids:
-            with open(f"/proc/{pid}/stat") as f:
-                stat = f.read().rsplit(")", 1)[1].split()  # after the command name, which may hold spaces
-            ours += int(stat[11]) + int(stat[12])  # utime, stime
-    except (OSError, ValueError, IndexError):
-        return None
-    total = sum(fields)
-    return total - fields[3] - fields[4], total, ours  # busy = all but idle and iowait
-
-
-def foreign_percent(before: tuple[int, int, int] | None, after: tuple[int, int, int] | None) -> float | None:
-    """Share of the machine's CPU time between two `busy_jiffies` readings that processes other than the
-    benchmark's own used, in percent: another workload on the machine, which makes the figures unreliable."""
-    if before is None or after is None or after[1] <= before[1]:
-        return None
-    foreign = (after[0] - before[0]) - (after[2] - before[2])
-    return round(max(0.0, 100 * foreign / (after[1] - before[1])), 1)
 
 
 def similarity(a: str, b: str) -> float:
