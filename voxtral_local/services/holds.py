@@ -1,11 +1,11 @@
 """A request's model, checked before its audio is decoded and held from its preparation to the end of its work.
 
 A request that must fail before its stream starts (a model that will not load, or that no upstream serves now,
-is an error status, not an error event) loads its model first, in a preparation step, and keeps it until its work ends: without the hold
-the idle unload (`VOXTRAL_MODEL_TTL=0` right after the preparation), a `DELETE /api/ps/{id}` or a load that
-makes room could take the model in between, and the work would load it again. A hold that is never let go
-blocks every unload of that model, so each path lets it go: the work at its end, `close` when the work never
-starts, and garbage collection as the last resort.
+is an error status, not an error event) loads its model first, in a preparation step, and keeps it until its
+work ends: without the hold the idle unload (`VOXTRAL_MODEL_TTL=0` right after the preparation), a
+`DELETE /api/ps/{id}` or a load that makes room could take the model in between, and the work would load it
+again. A hold that is never let go blocks every unload of that model, so each path lets it go: the work at its
+end, `close` when the work never starts, and garbage collection as the last resort.
 """
 
 from __future__ import annotations
