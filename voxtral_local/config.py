@@ -177,6 +177,36 @@ class Settings(BaseSettings):
         "the request queue, so that excess requests get its 429, and within the process's file limit (ulimit -n).",
     )
 
+    realtime_model: str | None = Field(
+        None,
+        description="Model a `/v1/realtime` session uses when its `input_audio_transcription.model` names none. "
+        "Default: the first served realtime model (Voxtral-Mini-4B-Realtime-2602), else VOXTRAL_MODEL.",
+    )
+    realtime_max_sessions: int = Field(
+        8,
+        ge=1,
+        description="Most `/v1/realtime` sessions open at once; a further one is refused with an `error` event "
+        "(code `too_many_sessions`) and closed.",
+    )
+    realtime_idle_timeout_s: float = Field(
+        120.0,
+        gt=0,
+        description="Seconds a `/v1/realtime` session may go without a message from its client before it is closed.",
+    )
+    realtime_max_ahead_s: float = Field(
+        10.0,
+        gt=0,
+        description="Seconds of audio a `/v1/realtime` session may have received but not yet transcribed; beyond "
+        "it the server stops reading that socket until the model catches up (a client sending faster than real "
+        "time is throttled, not buffered without bound).",
+    )
+    realtime_lag_s: float = Field(
+        2.0,
+        gt=0,
+        description="Seconds of audio a live session may fall behind real time before it is told so (an `error` "
+        "event with code `behind_real_time`; nothing is dropped).",
+    )
+
     @field_validator("model")
     @classmethod
     def _strip_model(cls, value: str) -> str:
@@ -185,7 +215,7 @@ class Settings(BaseSettings):
             raise ValueError("VOXTRAL_MODEL must not be empty")
         return value
 
-    @field_validator("api_key", "vllm_api_key", "forwarded_allow_ips", mode="before")
+    @field_validator("api_key", "vllm_api_key", "forwarded_allow_ips", "realtime_model", mode="before")
     @classmethod
     def _empty_is_unset(cls, value: object) -> object:
         return None if isinstance(value, str) and not value.strip() else value

@@ -29,7 +29,25 @@ logger = logging.getLogger(__name__)
 
 LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1")
 UNSPECIFIED_ADDRESSES = ("", "0.0.0.0", "::")
-OPEN_PATHS = frozenset({"/health"})  # answered without the API key (liveness probes)
+OPEN_PATHS = frozenset({"/health", "/"})  # answered without the API key (liveness probes, the web page)
+OPEN_PREFIXES = ("/web/",)  # the web page's static files: they hold no data; the page asks for the key
+# A browser cannot set Authorization on a WebSocket: it offers the key as a subprotocol (OpenAI's convention).
+KEY_SUBPROTOCOL = "openai-insecure-api-key."
+
+
+def is_open_path(path: str) -> bool:
+    """Whether `path` is answered without the API key."""
+    return path in OPEN_PATHS or path.startswith(OPEN_PREFIXES)
+
+
+def offered_key(scope: Scope) -> bytes | None:
+    """The API key a WebSocket handshake offers as an `openai-insecure-api-key.<key>` subprotocol, else None."""
+    for value in Headers(scope=scope).getlist("sec-websocket-protocol"):
+        for protocol in value.split(","):
+            protocol = protocol.strip()
+            if protocol.startswith(KEY_SUBPROTOCOL):
+                return protocol[len(KEY_SUBPROTOCOL) :].encode("latin-1")
+    return None
 
 
 @dataclass(frozen=True)
@@ -176,15 +194,21 @@ class AccessGuard:
 
 
 class ApiKeyAuth:
-    """401 unless the request carries `Authorization: Bearer <api_key>` (compared in constant time); the
-    paths in OPEN_PATHS are open. Preflights of listed origins are answered by CORSMiddleware, outside."""
+    """401 unless the request carries `Authorization: Bearer <api_key>` (compared in constant time), or, for a
+    WebSocket, offers it as the `openai-insecure-api-key.<key>` subprotocol (browsers cannot set headers on a
+    WebSocket); `is_open_path` paths are open. Preflights of listed origins are answered by CORSMiddleware,
+    outside."""
 
     def __init__(self, app: ASGIApp, api_key: str) -> None:
         self.app = app
         self.key = api_key.strip().encode()  # header values carry no surrounding whitespace
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] not in ("http", "websocket") or scope["path"] in OPEN_PATHS:
+        if scope["type"] not in ("http", "websocket") or is_open_path(scope["path"]):
+            await self.app(scope, receive, send)
+            return
+        offered = offered_key(scope) if scope["type"] == "websocket" else None
+        if offered is not None and hmac.compare_digest(offered, self.key):
             await self.app(scope, receive, send)
             return
         # Starlette decodes header bytes as Latin-1: encoding back gives the bytes sent (a UTF-8 key matches).
