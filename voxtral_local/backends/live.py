@@ -25,8 +25,12 @@ from .base import ChunkOutput, ModelBackend
 class LiveListener(Protocol):
     """What a `LiveStream` tells its owner."""
 
-    def on_delta(self, text: str) -> None:
-        """New text of the utterance (the decoded pieces in order; joined they give `on_done`'s text)."""
+    def on_delta(self, text: str, audio_end_s: float) -> None:
+        """New text of the utterance (the decoded pieces in order; joined they give `on_done`'s text).
+        `audio_end_s`: seconds of the stream's audio (from its first sample) the model had read when it produced
+        this text; the words in it were spoken up to about `delay_s` before that. `/v1/realtime` reports it as
+        the delta's `audio_end_ms`, which the realtime benchmark uses to measure the delay from a word's audio
+        to its delta."""
         ...
 
     def on_behind(self, behind_s: float) -> None:
