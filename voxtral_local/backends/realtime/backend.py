@@ -177,24 +177,31 @@ class RealtimeBackend:
 
     @property
     def delay_s(self) -> float:
-        """Seconds its text comes out behind the audio (the checkpoint's transcription delay)."""
-        self.load()
-        assert self.layout is not None
-        return self.layout.delay_s
+        """Seconds its text comes out behind the audio: the checkpoint's transcription delay (read from its
+        tekken.json while the model is not loaded; 0.48 s on the hub's checkpoint)."""
+        if self.layout is not None:
+            return self.layout.delay_s
+        try:
+            tekken = json.loads((self.path / "tekken.json").read_text(encoding="utf-8"))
+            return float(tekken["audio"]["transcription_delay_ms"]) / 1000
+        except (OSError, ValueError, KeyError, TypeError):
+            return 0.0
 
     @property
     def eos_token_id(self) -> int:
-        return int(self.processor.tokenizer.eos_token_id)
+        """The end-of-sequence id (the tokenizer's; Tekken's 2 while not loaded)."""
+        processor = self.processor
+        return 2 if processor is None else int(processor.tokenizer.eos_token_id)
 
     def _tekken(self) -> Any:
         return self.processor.tokenizer.tokenizer.instruct_tokenizer.tokenizer
 
     def token_cap(self, duration_s: float, max_tokens: int | None = None) -> int:
         """Tokens a chunk of `duration_s` seconds generates (one per 80 ms of audio plus the right padding's,
-        streaming pads included), at most `max_tokens`."""
+        streaming pads included) and the end-of-sequence that ends it, at most `max_tokens`."""
         self.load()
         assert self.layout is not None
-        cap = self.layout.generated_tokens(math.ceil(duration_s * SAMPLE_RATE))
+        cap = self.layout.generated_tokens(math.ceil(duration_s * SAMPLE_RATE)) + 1
         return cap if max_tokens is None else min(cap, max_tokens)
 
     def token_bytes(self, token_ids: Sequence[int]) -> list[bytes]:

@@ -46,17 +46,18 @@ class FileJob:
     def add(self, chunks: Sequence[np.ndarray], on_rows: RowsCallback | None) -> None:
         """Start decoding further chunks (float32 mono 16 kHz); `on_rows` is told their token caps first."""
         layout = self.engine.layout
-        caps = [layout.generated_tokens(int(np.asarray(c).size)) for c in chunks]
+        natural = [layout.generated_tokens(int(np.asarray(c).size)) for c in chunks]
+        caps = [n + 1 for n in natural]  # its tokens and the end-of-sequence that ends the row
         if self.max_tokens is not None:
             caps = [min(cap, self.max_tokens) for cap in caps]
         if on_rows is not None:
             on_rows(caps)
-        for chunk, cap in zip(chunks, caps, strict=True):
+        for chunk, cap, count in zip(chunks, caps, natural, strict=True):
             stream = Stream(
                 self.engine,
                 on_token=self._token,
                 on_done=self._done,
-                cap=cap,
+                cap=cap if cap <= count else None,
                 temperature=self.sampling.temperature,
                 seed=None if self.sampling.seed is None else self.sampling.seed + len(self.streams),
             )
