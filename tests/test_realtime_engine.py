@@ -18,7 +18,7 @@ from voxtral_local.backends.base import ChunkOutput
 from voxtral_local.backends.live import is_live
 from voxtral_local.backends.realtime import RealtimeBackend, is_realtime_checkpoint
 from voxtral_local.config import Settings
-from voxtral_local.errors import GenerationCancelledError, InvalidRequestError
+from voxtral_local.errors import GenerationCancelledError, InvalidRequestError, ModelUnavailableError
 from voxtral_local.testing.tiny_realtime import build_tiny_realtime_model
 
 WAIT_S = 60.0  # generous: a step of the tiny model takes milliseconds
@@ -271,3 +271,14 @@ def test_a_cancelled_file_job_raises_and_chat_is_refused(backend: RealtimeBacken
         backend.chat([[{"role": "user", "content": "hi"}]], caps=[10])
     with pytest.raises(InvalidRequestError):
         backend.prompt_tokens([{"role": "user", "content": "hi"}])
+
+
+def test_unloading_ends_open_streams_with_an_unavailable_error(realtime_dir: Path, clip: np.ndarray) -> None:
+    backend = make(realtime_dir)
+    listener = Listener()
+    live = backend.open_stream(language=None, listener=listener)
+    live.feed(clip[:8000])  # not enough for its first text: it waits for more
+    backend.unload()
+    assert listener.done.wait(WAIT_S)
+    assert isinstance(listener.error, ModelUnavailableError) and listener.output is None
+    assert not backend.loaded and backend.status().memory_bytes == 0

@@ -232,7 +232,10 @@ class RealtimeBackend:
         if engine is None:
             raise ModelUnavailableError(f"The model '{self.model_id}' was unloaded.")
         handle = LiveStreamHandle(engine, listener, self._one_token_bytes, self.settings.realtime_lag_s)
-        engine.add(handle.stream, watcher=handle)
+        try:
+            engine.add(handle.stream, watcher=handle)
+        except RuntimeError as exc:  # unloaded meanwhile
+            raise ModelUnavailableError(f"The model '{self.model_id}' was unloaded.") from exc
         return handle
 
     def transcribe(

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ...errors import ModelUnavailableError
 from .layout import StreamLayout
 from .stepper import Stepper
 from .streams import Stream, cancelled_error
@@ -41,7 +42,7 @@ class Engine:
         self.thread.start()
 
     def close(self) -> None:
-        """Stop after the current step; open streams are abandoned."""
+        """Stop after the current step; open streams end with a ModelUnavailableError."""
         with self.cond:
             self.closed = True
             self.cond.notify_all()
@@ -72,7 +73,8 @@ class Engine:
                 while not self.closed and not self._work():
                     self.cond.wait()
                 if self.closed:
-                    return
+                    abandoned, self.streams, self.watchers = self.streams, [], []
+                    break
                 ending = [s for s in self.streams if s.cancelled or (s.done and s.total is not None)]
                 for stream in ending:
                     self._remove(stream)
@@ -82,6 +84,8 @@ class Engine:
                 self._tell_done(stream, None if stream.cancelled else stream.output(""), stream.cancelled)
             if batch:
                 self._step(batch, inputs)
+        for stream in abandoned:  # the model is being unloaded or the process exits
+            self._tell_done(stream, None, False, ModelUnavailableError("The model was unloaded while this stream ran."))
 
     def _work(self) -> bool:
         return any(s.cancelled or (s.done and s.total is not None) or s.ready() for s in self.streams)

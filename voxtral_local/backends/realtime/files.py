@@ -8,7 +8,7 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
-from ...errors import GenerationCancelledError
+from ...errors import GenerationCancelledError, ModelUnavailableError
 from ..base import ChunkOutput, RowsCallback, Sampling, TokenCallback
 from .engine import Engine
 from .streams import Stream
@@ -69,7 +69,11 @@ class FileJob:
                 self.outputs.append(None)
                 self.remaining += 1
                 self.all_done.clear()
-            self.engine.add(stream)
+            try:
+                self.engine.add(stream)
+            except RuntimeError as exc:  # unloaded meanwhile
+                self._done(stream, None, ModelUnavailableError("The model was unloaded."))
+                raise ModelUnavailableError("The model was unloaded.") from exc
 
     def fail(self, error: BaseException) -> None:
         """End the job with `error` (its streams are cancelled)."""
