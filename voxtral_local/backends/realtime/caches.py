@@ -9,8 +9,8 @@ written, not after the query, and within the sliding window (query - key < windo
 positions a step writes, then wrap: a stream's memory stays bounded however long it runs.
 
 Rows are taken and given back as streams open and close; a step's rows are any subset, gathered by index (a
-copy unless the step takes every row in order). `ConvCache` holds the encoder's causal-convolution left context
-per row (`VoxtralRealtimeConv1dPaddingCache`'s role).
+copy, unless the step's rows are consecutive: then views). `ConvCache` holds the encoder's causal-convolution
+left context per row (`VoxtralRealtimeConv1dPaddingCache`'s role).
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ class RingCache:
         self.positions: torch.Tensor | None = None  # (rows, slots) absolute position in each slot, -1 empty
         self._rows: torch.Tensor | None = None
         self._slots: torch.Tensor | None = None
-        self._all = False
+        self._span: tuple[int, int] | None = None
 
     @property
     def slots(self) -> int:
@@ -83,19 +83,20 @@ class RingCache:
         self.values = [torch.nn.functional.pad(t, pad) for t in self.values]
         self.positions = torch.nn.functional.pad(self.positions, (0, extra), value=-1)
 
-    def begin(self, rows: torch.Tensor, starts: torch.Tensor, count: int, all_rows: bool) -> torch.Tensor:
-        """Prepare a step where row `rows[b]` writes positions starts[b] .. starts[b] + count - 1. `all_rows`:
-        `rows` is every row in order (the buffers are used without a gather). Returns the attention mask,
-        bool (batch, 1, count, slots), True where a query may attend."""
+    def begin(self, rows: torch.Tensor, starts: torch.Tensor, count: int, span: tuple[int, int] | None) -> torch.Tensor:
+        """Prepare a step where row `rows[b]` writes positions starts[b] .. starts[b] + count - 1. `span`:
+        (first, end) when `rows` are the consecutive rows first .. end - 1 (the buffers are then used as views,
+        without a gather). Returns the attention mask, bool (batch, 1, count, slots), True where a query may
+        attend."""
         assert self.positions is not None
         needed = int(starts.max()) + count
         if needed > self.slots:
             self._grow(needed)
         offsets = torch.arange(count, device=starts.device)
         query = starts[:, None] + offsets[None, :]  # (batch, count)
-        self._rows, self._slots, self._all = rows, query % self.slots, all_rows
+        self._rows, self._slots, self._span = rows, query % self.slots, span
         self.positions[rows[:, None], self._slots] = query
-        keys = self.positions if all_rows else self.positions[rows]  # (batch, slots)
+        keys = self.positions[span[0] : span[1]] if span else self.positions[rows]  # (batch, slots)
         distance = query[:, :, None] - keys[:, None, :]
         mask = (keys[:, None, :] >= 0) & (distance >= 0) & (distance < self.window)
         return mask[:, None]
@@ -109,8 +110,9 @@ class RingCache:
         rows, slots = self._rows[:, None], self._slots
         self.keys[layer_idx][rows, :, slots] = key_states.transpose(1, 2).to(self.keys[layer_idx].dtype)
         self.values[layer_idx][rows, :, slots] = value_states.transpose(1, 2).to(self.values[layer_idx].dtype)
-        if self._all:
-            return self.keys[layer_idx], self.values[layer_idx]
+        if self._span is not None:
+            first, end = self._span
+            return self.keys[layer_idx][first:end], self.values[layer_idx][first:end]
         return self.keys[layer_idx][self._rows], self.values[layer_idx][self._rows]
 
 

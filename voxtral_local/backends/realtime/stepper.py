@@ -82,18 +82,18 @@ class Stepper:
     @torch.no_grad()
     def step(self, rows: list[int], steps: list[int], tokens: list[int], windows: np.ndarray) -> torch.Tensor:
         """Run one step: row `rows[b]` is at step `steps[b]`, feeds token `tokens[b]` and the padded-audio window
-        `windows[b]` (float32, shape (batch, layout.window)). Returns the logits of the next token, float32
-        (batch, vocabulary)."""
+        `windows[b]` (float32, shape (batch, layout.window)); `rows` ascending. Returns the logits of the next
+        token, float32 (batch, vocabulary)."""
         batch = len(rows)
         index = torch.tensor(rows, device=self.device)
-        all_rows = rows == list(range(self.encoder_cache.rows))
+        span = (rows[0], rows[-1] + 1) if rows == list(range(rows[0], rows[-1] + 1)) else None
         position = torch.tensor(steps, device=self.device)
         mel = self.extractor._torch_extract_fbank_features(torch.from_numpy(windows), "cpu", center=False)
         mel = mel.to(self.device, self.dtype)  # (batch, mel bins, frames)
-        audio = self._encode(mel, index, position * self.encoder_positions, all_rows)  # (batch, 1, hidden)
+        audio = self._encode(mel, index, position * self.encoder_positions, span)  # (batch, 1, hidden)
         ids = torch.tensor(tokens, device=self.device)[:, None]
         hidden = self.text.embed_tokens(ids) + audio.to(self.dtype)
-        mask = self.decoder_cache.begin(index, position, 1, all_rows)
+        mask = self.decoder_cache.begin(index, position, 1, span)
         position_ids = position[:, None]
         embeddings = self.text.rotary_emb(hidden, position_ids=position_ids)
         for layer in self.text.layers[: self.text.config.num_hidden_layers]:
@@ -110,13 +110,15 @@ class Stepper:
         assert logits.shape[0] == batch
         return logits
 
-    def _encode(self, mel: torch.Tensor, index: torch.Tensor, starts: torch.Tensor, all_rows: bool) -> torch.Tensor:
+    def _encode(
+        self, mel: torch.Tensor, index: torch.Tensor, starts: torch.Tensor, span: tuple[int, int] | None
+    ) -> torch.Tensor:
         embedder = self.audio.embedder
         x = nn.functional.gelu(nn.Conv1d.forward(embedder.conv1, self.conv1.pad(index, mel)))
         x = nn.functional.gelu(nn.Conv1d.forward(embedder.conv2, self.conv2.pad(index, x)))
         hidden = x.permute(0, 2, 1)  # (batch, encoder positions, hidden)
         count = hidden.shape[1]
-        mask = self.encoder_cache.begin(index, starts, count, all_rows)
+        mask = self.encoder_cache.begin(index, starts, count, span)
         position_ids = starts[:, None] + torch.arange(count, device=self.device)[None, :]
         embeddings = self.audio.rotary_emb(hidden, position_ids=position_ids)
         for layer in self.audio.layers:
