@@ -68,6 +68,7 @@ class RealtimeBackend:
 
     @property
     def loaded(self) -> bool:
+        """Whether the model is in memory."""
         return self.model is not None
 
     @property
@@ -171,6 +172,7 @@ class RealtimeBackend:
 
     @property
     def context_tokens(self) -> int:
+        """VOXTRAL_MAX_CONTEXT_TOKENS (the protocol's; no chat is served)."""
         return self.settings.max_context_tokens
 
     # -- tokens --

@@ -37,10 +37,12 @@ class RingCache:
 
     @property
     def slots(self) -> int:
+        """Slots per row now."""
         return 0 if self.positions is None else int(self.positions.shape[1])
 
     @property
     def rows(self) -> int:
+        """Rows the buffers hold now."""
         return 0 if self.positions is None else int(self.positions.shape[0])
 
     def nbytes(self) -> int:
@@ -133,10 +135,12 @@ class ConvCache:
         self.state = state
 
     def clear(self, row: int) -> None:
+        """Zero row `row`'s context (a stream ended)."""
         if self.state is not None:
             self.state[row] = 0
 
     def reset(self) -> None:
+        """Drop the tensor (no stream is open)."""
         self.state = None
 
     def pad(self, rows: torch.Tensor, x: torch.Tensor) -> torch.Tensor:

@@ -39,6 +39,7 @@ class Engine:
         self.thread = threading.Thread(target=self._run, name="voxtral-realtime", daemon=True)
 
     def start(self) -> None:
+        """Start the decode thread."""
         self.thread.start()
 
     def close(self) -> None:
@@ -55,6 +56,7 @@ class Engine:
 
     @property
     def busy(self) -> bool:
+        """Whether any stream is open."""
         return bool(self.streams)
 
     def add(self, stream: Stream, watcher: Any = None) -> None:

@@ -61,6 +61,7 @@ class StreamLayout:
 
     @property
     def delay_s(self) -> float:
+        """The delay in seconds (0.48 on the hub's checkpoint)."""
         return self.delay_tokens * self.step_samples / self.sample_rate
 
     def ready_end(self, step: int) -> int:

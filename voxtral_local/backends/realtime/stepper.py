@@ -55,6 +55,7 @@ class Stepper:
         self.rows_used = 0
 
     def caches(self) -> tuple[RingCache, RingCache, ConvCache, ConvCache]:
+        """The encoder's and decoder's KV caches and the two convolutions' caches."""
         return self.encoder_cache, self.decoder_cache, self.conv1, self.conv2
 
     def cache_bytes(self) -> int:

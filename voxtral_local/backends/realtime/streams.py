@@ -108,9 +108,6 @@ class Stream:
         """Nothing is left to decode (the stream may still wait for `finish`)."""
         return self.stopped is not None or (self.total is not None and self.step >= self.total)
 
-    def wants_cancel(self) -> bool:
-        return self.cancelled
-
     def ready(self) -> bool:
         """Whether its next step's audio is there (under the engine's lock)."""
         if self.cancelled or self.done:
@@ -195,6 +192,7 @@ class LiveText:
 
     @property
     def text(self) -> str:
+        """Everything sent so far."""
         return "".join(self.sent)
 
 
