@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from ...audio.resampling import StreamResampler
-from ...errors import AudioTooLongError, BehindRealTimeError, InvalidRequestError, VoxtralError
+from ...errors import BehindRealTimeError, InvalidRequestError, VoxtralError
 from ...protocol_realtime import (
     AudioAppend,
     AudioClear,
@@ -120,7 +120,12 @@ class RealtimeSession:
     async def _update(self, event: TranscriptionSessionUpdate | SessionUpdate) -> None:
         config = self.config.updated(event)
         if config.model != self.config.model:
-            resolved = await self.service.check_model(config.model)  # model_not_found, model_not_downloaded
+            try:
+                resolved = await self.service.check_model(config.model)  # model_not_found, model_not_downloaded
+            except VoxtralError as exc:
+                beta = isinstance(event, TranscriptionSessionUpdate)
+                exc.param = f"session.{'input_audio_transcription' if beta else 'audio.input.transcription'}.model"
+                raise
             config = replace(config, resolved_model=resolved)
         self.form = "beta" if isinstance(event, TranscriptionSessionUpdate) else "ga"
         if config.rate != self.config.rate:
@@ -165,9 +170,7 @@ class RealtimeSession:
         self.stats.received_s = self._received / RATE
         vad = self.config.vad
         if vad is None:
-            if samples.size:
-                self._start_item().feed(samples)
-                self._check_length()
+            self._feed(samples)
             return
         if self._detector is None:
             offset = self._received - samples.shape[0]
@@ -176,26 +179,39 @@ class RealtimeSession:
             if isinstance(found, SpeechStart):
                 utterance = self._start_item()
                 self.emit(SpeechStarted(audio_start_ms=_ms(found.position), item_id=utterance.item_id))
-                utterance.feed(found.audio)
+                self._feed(found.audio)
             elif isinstance(found, SpeechAudio) and self._current is not None:
-                self._current.feed(found.audio)
+                self._feed(found.audio)
+            elif isinstance(found, SpeechEnd) and self._current is not None and not self._current.samples:
+                self._drop_current()  # an item begun at a cut that the speech's end left empty
             elif isinstance(found, SpeechEnd) and self._current is not None:
                 self.emit(SpeechStopped(audio_end_ms=_ms(found.position), item_id=self._current.item_id))
                 self._finish_current()
-            self._check_length()
         self._note_pending()
 
-    def _check_length(self) -> None:
-        """An utterance that reaches VOXTRAL_MAX_AUDIO_MINUTES is committed there, with an `error` event
-        saying so; the audio after it goes on in a new item."""
-        current = self._current
-        limit = self.service.settings.max_audio_seconds
-        if current is None or current.duration_s < limit:
-            return
-        self.emit(error_event(AudioTooLongError(limit, current.duration_s)))
-        self._finish_current()
-        if self._detector is not None and self._detector.speaking:
-            self.emit(SpeechStarted(audio_start_ms=_ms(self._received), item_id=self._start_item().item_id))
+    def _feed(self, samples: np.ndarray) -> None:
+        """Into the current utterance (started if there is none). An utterance that reaches
+        VOXTRAL_MAX_AUDIO_MINUTES is committed there, with an `error` event saying so; the audio after it
+        goes on in a new item."""
+        limit = max(1, int(self.service.settings.max_audio_seconds * RATE))
+        while samples.size:
+            current = self._start_item()
+            room = limit - current.samples
+            current.feed(samples[:room])
+            samples = samples[room:]
+            if current.samples < limit:
+                return
+            minutes = self.service.settings.max_audio_minutes
+            cut = InvalidRequestError(
+                f"The utterance reached the limit of {minutes:g} minutes (VOXTRAL_MAX_AUDIO_MINUTES): it is "
+                "committed there, and the audio after it goes on in a new item.",
+                param="audio",
+                code="audio_too_long",
+            )
+            self.emit(error_event(cut))
+            self._finish_current()
+            if self.config.vad is not None:  # inside speech: the rest of it is a new item
+                self.emit(SpeechStarted(audio_start_ms=_ms(self._received), item_id=self._start_item().item_id))
 
     def _commit(self, event_id: str | None) -> None:
         current = self._current
