@@ -11,6 +11,7 @@ from fastapi import FastAPI
 
 from .. import __version__
 from ..backends.base import ModelBackend
+from ..backends.realtime import RealtimeBackend, is_realtime_checkpoint
 from ..backends.transformers import TransformersBackend
 from ..backends.vllm import UpstreamPool, VllmBackend
 from ..config import Settings
@@ -35,8 +36,8 @@ logger = logging.getLogger(__name__)
 def model_registry(
     settings: Settings, backends: Mapping[str, ModelBackend] | None = None, upstreams: UpstreamPool | None = None
 ) -> ModelRegistry:
-    """The served models (VOXTRAL_MODEL, VOXTRAL_MODELS) with a `TransformersBackend` each, loaded on first
-    use, or a `VllmBackend` on `upstreams` for a remote one (VOXTRAL_BACKEND=vllm, or a model the upstreams list;
+    """The served models (VOXTRAL_MODEL, VOXTRAL_MODELS) with a `TransformersBackend` each (a `RealtimeBackend`
+    for a Voxtral Realtime checkpoint), loaded on first use, or a `VllmBackend` on `upstreams` for a remote one (VOXTRAL_BACKEND=vllm, or a model the upstreams list;
     the registry learns those from the pool's health check). `backends` are built already (by id; the
     benchmark's model lives only in memory): the registry takes them as they are, with no checkpoint directory
     looked for. Such a backend cannot be loaded again once unloaded, so serve it with `VOXTRAL_MODEL_TTL=-1` (the
@@ -54,6 +55,8 @@ def model_registry(
             assert upstreams is not None  # a remote model exists only with VOXTRAL_VLLM_URLS
             return VllmBackend(model.id, model.source, upstreams, settings)
         assert path is not None
+        if is_realtime_checkpoint(path):  # Voxtral Realtime: live streams as well as files
+            return RealtimeBackend(model.id, path, settings)
         return TransformersBackend(model.id, path, settings)
 
     def find(model: ServedModel) -> Path:

@@ -3,8 +3,8 @@
 `VOXTRAL_MODEL` is the default model; `VOXTRAL_MODELS` adds more. Each is a hub id (served under that id) or
 a local checkpoint directory (served under the directory's name); `VOXTRAL_SERVED_MODEL_NAME` renames the
 default. Aliases are names that mean a served model: the built-in ones (OpenAI's transcription model names
-mean the default model, so that clients written for OpenAI work unchanged; `voxtral-mini`/`voxtral-small`
-mean Mistral's hub ids) and `VOXTRAL_MODEL_ALIASES`. An alias whose model is not served is left out.
+mean the default model, so that clients written for OpenAI work unchanged; `voxtral-mini`/`voxtral-small`/
+`voxtral-realtime` mean Mistral's hub ids) and `VOXTRAL_MODEL_ALIASES`. An alias whose model is not served is left out.
 
 A model is served by this process (`backend="transformers"`) or by upstream vLLM servers (`backend="vllm"`,
 `remote`): with `VOXTRAL_BACKEND=vllm` the configured models are upstream model ids, and the models the upstreams
@@ -25,8 +25,9 @@ from ..errors import ModelNotFoundError
 
 VOXTRAL_MINI = "mistralai/Voxtral-Mini-3B-2507"
 VOXTRAL_SMALL = "mistralai/Voxtral-Small-24B-2507"
+VOXTRAL_REALTIME = "mistralai/Voxtral-Mini-4B-Realtime-2602"
 DEFAULT_MODEL_ALIASES = ("whisper-1", "gpt-4o-transcribe", "gpt-4o-mini-transcribe")
-HUB_ALIASES = {"voxtral-mini": VOXTRAL_MINI, "voxtral-small": VOXTRAL_SMALL}
+HUB_ALIASES = {"voxtral-mini": VOXTRAL_MINI, "voxtral-small": VOXTRAL_SMALL, "voxtral-realtime": VOXTRAL_REALTIME}
 BackendName = Literal["transformers", "vllm"]
 PATH_PREFIXES = ("/", ".", "~")  # a model source starting so is a directory, whether it exists or not
 
@@ -127,8 +128,8 @@ class ModelCatalog:
     ) -> list[ServedModel]:
         """Serve the models an upstream lists (by the ids it lists) that no served model is or names as its
         source; the ones added. `before` is told them before any name resolves to them (the registry makes
-        their slots). `voxtral-mini`/`voxtral-small` come to mean Mistral's hub ids once those are served,
-        unless VOXTRAL_MODEL_ALIASES gave those names."""
+        their slots). `voxtral-mini`/`voxtral-small`/`voxtral-realtime` come to mean Mistral's hub ids once those
+        are served, unless VOXTRAL_MODEL_ALIASES gave those names."""
         added = []
         with self._lock:
             models, sources, aliases = dict(self.models), dict(self._sources), dict(self.aliases)
