@@ -15,6 +15,7 @@ from openai import OpenAI
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from voxtral_local.testing.audio_files import silence, speak
+from voxtral_local.testing.tiny_realtime import build_tiny_realtime_model
 
 from .conftest import APPS, running_server
 from .realtime_client import (
@@ -227,12 +228,14 @@ def test_a_client_sending_faster_than_real_time_is_throttled(tiny_model_dir: Pat
     """60 s of speech sent at once: the server reads no further while the audio it holds untranscribed is
     past VOXTRAL_REALTIME_MAX_AHEAD_S (plus the utterance just committed), and every utterance is answered."""
     max_ahead = 0.5
+    talk = np.concatenate([speak("This is a sentence that keeps going for a while.")] * 7)  # ~21 s, no pause
     parts: list[np.ndarray] = []
-    while sum(p.shape[0] for p in parts) < 60 * 16000:
-        parts += [speak("This is a sentence that keeps going for a while."), silence(1.2)]
+    while sum(p.shape[0] for p in parts) < 60 * 16000:  # few utterances: each is a 30 s window's work
+        parts += [talk, silence(1.2)]
     audio = np.concatenate(parts)
-    longest = max(p.shape[0] for p in parts) / 16000
-    with running_server(model=str(tiny_model_dir), realtime_max_ahead_s=max_ahead) as url, open_session(url) as ws:
+    longest = talk.shape[0] / 16000
+    fast = {"realtime_max_ahead_s": max_ahead, "max_tokens_per_audio_second": 0.1}  # short random transcripts
+    with running_server(model=str(tiny_model_dir), **fast) as url, open_session(url) as ws:
         receive(ws)
         session = next(iter(APPS[url].state.realtime.sessions))
         sender = threading.Thread(target=append, args=(ws, audio), kwargs={"piece_s": 2.0})
@@ -301,3 +304,89 @@ def test_events_are_valid_json_objects_with_ids(base_url: str) -> None:
     with open_session(base_url) as ws:
         event = json.loads(ws.recv(timeout=30))
     assert event["event_id"].startswith("event_") and event["session"]["id"].startswith("sess_")
+
+
+# ---- The live path: a Voxtral Realtime model (the tiny random-weight one) ----
+
+
+@pytest.fixture(scope="module")
+def realtime_url(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> Iterator[str]:
+    """A server whose realtime model (found as the first served realtime model) is the tiny one, next to
+    the tiny standard model as the default."""
+    realtime_dir = build_tiny_realtime_model(tmp_path_factory.mktemp("models") / "voxtral-realtime-tiny")
+    with running_server(model=str(tiny_model_dir), models=str(realtime_dir)) as url:
+        yield url
+
+
+def test_live_deltas_come_while_the_audio_is_still_arriving(realtime_url: str, sentence: np.ndarray) -> None:
+    half = sentence.shape[0] // 2
+    with open_session(realtime_url) as ws:
+        assert receive(ws)["session"]["input_audio_transcription"]["model"] == "voxtral-realtime-tiny"
+        send(ws, NO_VAD)
+        receive(ws)
+        append(ws, sentence[:half])
+        early = receive_until(ws, count(DELTA, 1))  # nothing committed, half the audio still to come
+        assert "input_audio_buffer.committed" not in types(early)
+        assert 0 < early[-1]["audio_end_ms"] <= half * 1000 // 16000
+        append(ws, sentence[half:])
+        send(ws, {"type": "input_audio_buffer.commit"})
+        events = early + receive_until(ws, count(COMPLETED, 1))
+    assert len(transcripts(events)) == 1
+    assert events[-1]["usage"]["seconds"] == pytest.approx(sentence.shape[0] / 16000, abs=0.05)
+
+
+def test_live_deltas_come_before_vad_ends_the_utterance(realtime_url: str, two_sentences: np.ndarray) -> None:
+    with open_session(realtime_url) as ws:
+        receive(ws)
+        first_end = int(16000 * 2.0)  # inside the first sentence: no pause yet
+        append(ws, two_sentences[:first_end])
+        early = receive_until(ws, count(DELTA, 1))
+        assert types(early)[0] == "input_audio_buffer.speech_started"
+        assert "input_audio_buffer.speech_stopped" not in types(early)
+        append(ws, two_sentences[first_end:])
+        events = early + receive_until(ws, count(COMPLETED, 2))
+    assert len(transcripts(events)) == 2
+    assert types(events).count("input_audio_buffer.committed") == 2
+
+
+def test_live_sessions_share_decoding_steps(realtime_url: str, sentence: np.ndarray) -> None:
+    models = APPS[realtime_url].state.models
+    with models.use("voxtral-realtime-tiny") as backend:
+        engine = backend.engine
+
+    def run(sessions: int) -> int:
+        """Decoding steps for `sessions` sessions each sending the sentence and committing it."""
+        sockets = [open_session(realtime_url) for _ in range(sessions)]
+        try:
+            for ws in sockets:
+                receive(ws)
+                send(ws, NO_VAD)
+                receive(ws)
+            before = engine.steps
+            for ws in sockets:
+                append(ws, sentence)
+                send(ws, {"type": "input_audio_buffer.commit"})
+            for ws in sockets:
+                assert len(transcripts(receive_until(ws, count(COMPLETED, 1)))) == 1
+            return int(engine.steps - before)
+        finally:
+            for ws in sockets:
+                ws.close()
+
+    alone = run(1)
+    assert run(2) < 2 * alone, "the two sessions' steps were decoded together"
+
+
+def test_a_live_session_behind_real_time_is_told_and_loses_nothing(tiny_model_dir: Path, sentence: np.ndarray) -> None:
+    realtime_dir = build_tiny_realtime_model(tiny_model_dir.parent / "voxtral-realtime-lag")
+    with running_server(model=str(realtime_dir), realtime_lag_s=0.1) as url, open_session(url) as ws:
+        receive(ws)
+        send(ws, NO_VAD)
+        receive(ws)
+        append(ws, np.concatenate([sentence, sentence]))  # seconds of audio at once: far ahead of the decoding
+        send(ws, {"type": "input_audio_buffer.commit"})
+        events = receive_until(ws, count(COMPLETED, 1))
+    behind = [e for e in events if e["type"] == "error"]
+    assert behind and behind[0]["error"]["code"] == "behind_real_time"
+    assert events[-1]["usage"]["seconds"] == pytest.approx(2 * sentence.shape[0] / 16000, abs=0.05)
+    assert len(transcripts(events)) == 1

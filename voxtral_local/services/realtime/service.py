@@ -4,10 +4,10 @@ and runs each over a transport given as two callables (the WebSocket route adapt
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 from collections.abc import Awaitable, Callable
 
+from ...backends.realtime import is_realtime_checkpoint
 from ...config import Settings
 from ...errors import (
     InvalidRequestError,
@@ -30,21 +30,14 @@ logger = logging.getLogger(__name__)
 Receive = Callable[[], Awaitable[str | bytes | None]]  # the next client message; None once the client left
 Send = Callable[[str], Awaitable[None]]  # send one server event's JSON text
 Close = tuple[int, str]  # WebSocket close code and reason
-REALTIME_MODEL_TYPES = ("voxtral_realtime",)
 
 
 def is_realtime_model(model: ServedModel) -> bool:
-    """Whether a served model is a realtime (streaming) one, without loading it: its hub id or directory
-    says `Realtime`, or a local checkpoint's config.json names a realtime model type."""
+    """Whether a served model is a realtime (streaming) one, without loading it: its hub id or name says
+    `Realtime`, or its local checkpoint is a Voxtral Realtime one."""
     if "realtime" in model.source.lower() or "realtime" in model.id.lower():
         return True
-    if not model.is_local:
-        return False
-    try:
-        config = json.loads((model.directory / "config.json").read_text())
-    except (OSError, ValueError):
-        return False
-    return isinstance(config, dict) and config.get("model_type") in REALTIME_MODEL_TYPES
+    return model.is_local and is_realtime_checkpoint(model.directory)
 
 
 class RealtimeService:
