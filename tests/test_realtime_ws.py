@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import json
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -390,3 +391,20 @@ def test_a_live_session_behind_real_time_is_told_and_loses_nothing(tiny_model_di
     assert behind and behind[0]["error"]["code"] == "behind_real_time"
     assert events[-1]["usage"]["seconds"] == pytest.approx(2 * sentence.shape[0] / 16000, abs=0.05)
     assert len(transcripts(events)) == 1
+
+
+def test_a_client_that_leaves_cancels_its_live_stream(realtime_url: str, sentence: np.ndarray) -> None:
+    models = APPS[realtime_url].state.models
+    with models.use("voxtral-realtime-tiny") as backend:
+        engine = backend.engine
+    with open_session(realtime_url) as ws:
+        receive(ws)
+        send(ws, NO_VAD)
+        receive(ws)
+        append(ws, sentence)
+        receive_until(ws, count(DELTA, 1))  # its stream is decoding
+        assert engine.streams
+    deadline = time.monotonic() + 60
+    while engine.streams or APPS[realtime_url].state.realtime.sessions:  # gone once the server sees the close
+        assert time.monotonic() < deadline, "the stream was not cancelled"
+        time.sleep(0.05)

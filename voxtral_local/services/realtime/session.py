@@ -116,6 +116,9 @@ class RealtimeSession:
             self.emit(error_event(exc))
         except VoxtralError as exc:
             self.emit(error_event(exc, event_id))
+        except Exception:  # a bug: said to the client, logged, and the session goes on
+            logger.exception("realtime session %s: a client event failed", self.id)
+            self.emit(error_event(VoxtralError("The server failed to handle this event."), event_id))
 
     async def _update(self, event: TranscriptionSessionUpdate | SessionUpdate) -> None:
         config = self.config.updated(event)
@@ -132,8 +135,12 @@ class RealtimeSession:
             self._resampler = StreamResampler(config.rate, RATE)
         if config.vad != self.config.vad:
             self._detector = None  # made afresh, with the new knobs, for the next audio
-            if config.vad is None and self._current is not None and not self._current.samples:
-                self._drop_current()
+            current = self._current
+            if config.vad is not None and current is not None:  # the new detector starts outside speech
+                if current.samples >= MIN_COMMIT_SAMPLES:
+                    self._finish_current()
+                else:
+                    self._drop_current()
         self.config = config
         self.emit(self.session_event("updated"))
 
