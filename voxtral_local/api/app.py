@@ -37,8 +37,9 @@ def model_registry(
     settings: Settings, backends: Mapping[str, ModelBackend] | None = None, upstreams: UpstreamPool | None = None
 ) -> ModelRegistry:
     """The served models (VOXTRAL_MODEL, VOXTRAL_MODELS) with a `TransformersBackend` each (a `RealtimeBackend`
-    for a Voxtral Realtime checkpoint), loaded on first use, or a `VllmBackend` on `upstreams` for a remote one (VOXTRAL_BACKEND=vllm, or a model the upstreams list;
-    the registry learns those from the pool's health check). `backends` are built already (by id; the
+    for a Voxtral Realtime checkpoint), loaded on first use, or a `VllmBackend` on `upstreams` for a remote one
+    (VOXTRAL_BACKEND=vllm, or a model the upstreams list; the registry learns those from the pool's health
+    check). `backends` are built already (by id; the
     benchmark's model lives only in memory): the registry takes them as they are, with no checkpoint directory
     looked for. Such a backend cannot be loaded again once unloaded, so serve it with `VOXTRAL_MODEL_TTL=-1` (the
     benchmark does)."""
