@@ -408,3 +408,16 @@ def test_a_client_that_leaves_cancels_its_live_stream(realtime_url: str, sentenc
     while engine.streams or APPS[realtime_url].state.realtime.sessions:  # gone once the server sees the close
         assert time.monotonic() < deadline, "the stream was not cancelled"
         time.sleep(0.05)
+
+
+def test_the_connection_query_picks_the_model_and_only_transcription(realtime_url: str) -> None:
+    with open_session(realtime_url, "intent=transcription&model=" + "voxtral-tiny") as ws:
+        assert receive(ws)["session"]["input_audio_transcription"]["model"] == "voxtral-tiny"
+    with open_session(realtime_url, "intent=transcription&model=gpt-realtime") as ws:  # OpenAI's name: not served
+        assert receive(ws)["session"]["input_audio_transcription"]["model"] == "voxtral-realtime-tiny"
+    with open_session(realtime_url, "intent=conversation") as ws:
+        refusal = receive(ws)
+        assert refusal["type"] == "error" and refusal["error"]["code"] == "invalid_intent"
+        with pytest.raises(ConnectionClosed) as closed:
+            receive(ws)
+        assert closed.value.rcvd is not None and closed.value.rcvd.code == 1008

@@ -107,7 +107,7 @@ class RealtimeSession:
             if isinstance(event, AudioAppend):
                 await self._append(event)
             elif isinstance(event, AudioCommit):
-                self._commit(event_id)
+                self._commit()
             elif isinstance(event, AudioClear):
                 self._clear()
             else:
@@ -220,7 +220,7 @@ class RealtimeSession:
             if self.config.vad is not None:  # inside speech: the rest of it is a new item
                 self.emit(SpeechStarted(audio_start_ms=_ms(self._received), item_id=self._start_item().item_id))
 
-    def _commit(self, event_id: str | None) -> None:
+    def _commit(self) -> None:
         current = self._current
         if current is not None and self.config.vad is None:
             current.feed(self._resampler.flush())

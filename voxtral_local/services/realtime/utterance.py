@@ -225,7 +225,7 @@ class Utterance:
         elif isinstance(error, VoxtralError) and not isinstance(error, GenerationCancelledError):
             self._fail(error)
         elif error is not None and not isinstance(error, GenerationCancelledError):
-            logger.exception("a live stream failed", exc_info=error)
+            logger.error("a live stream failed", exc_info=error)
             self._fail(VoxtralError("The live transcription failed."))
         else:
             self.mode = "done"
