@@ -10,11 +10,14 @@ import os
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Literal
 
 import httpx
 import numpy as np
 import pytest
 from openai import OpenAI
+from playwright.sync_api import Browser, Page, expect, sync_playwright
+from playwright.sync_api import Error as PlaywrightError
 
 from voxtral_local.testing.audio_files import encode, silence
 
@@ -23,9 +26,6 @@ from .conftest import FIXTURES, running_server
 MODEL = "voxtral-tiny"
 CHROMIUM = os.environ.get("VOXTRAL_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
 TIMEOUT_MS = 60_000  # generous: the tiny model on a loaded 2-core CI machine
-
-sync_api = pytest.importorskip("playwright.sync_api", reason="the playwright package is not installed")
-Browser, Page, expect = sync_api.Browser, sync_api.Page, sync_api.expect
 
 
 def screenshot(page: Page, name: str) -> None:
@@ -49,7 +49,7 @@ def microphone_wav(speech: np.ndarray, tmp_path_factory: pytest.TempPathFactory)
 def browser(microphone_wav: Path) -> Iterator[Browser]:
     if not Path(CHROMIUM).exists():
         pytest.skip(f"Chromium not found at {CHROMIUM} (apt-get install chromium, or set VOXTRAL_CHROMIUM)")
-    with sync_api.sync_playwright() as playwright:
+    with sync_playwright() as playwright:
         try:
             browser = playwright.chromium.launch(
                 executable_path=CHROMIUM,
@@ -60,7 +60,7 @@ def browser(microphone_wav: Path) -> Iterator[Browser]:
                     "--autoplay-policy=no-user-gesture-required",
                 ],
             )
-        except sync_api.Error as exc:
+        except PlaywrightError as exc:
             pytest.skip(f"Chromium at {CHROMIUM} could not be launched: {exc}")
         yield browser
         browser.close()
@@ -97,7 +97,7 @@ def test_upload_streams_the_transcript_and_downloads_the_formats(page: Page, bas
     assert page.locator("#work-progress").evaluate("bar => bar.value") == 100
     expect(page.locator("#error")).to_be_hidden()
 
-    def expected(response_format: str) -> str:
+    def expected(response_format: Literal["srt", "vtt"]) -> str:
         with open(FIXTURES / "speech.wav", "rb") as f:
             return str(client.audio.transcriptions.create(model=MODEL, file=f, response_format=response_format))
 
