@@ -22,6 +22,8 @@ from playwright.sync_api import Error as PlaywrightError
 from voxtral_local.testing.audio_files import encode, silence
 
 from .conftest import FIXTURES, running_server
+from .hub_mirror import HubMirror, Repo, serve_mirror
+from .test_api_pull import REPO, server_process
 
 MODEL = "voxtral-tiny"
 CHROMIUM = os.environ.get("VOXTRAL_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
@@ -149,6 +151,24 @@ def test_the_api_key_is_asked_for_and_then_sent(page: Page, tiny_model_dir: Path
         expect(page.locator("#work-text")).to_have_text("done")
         assert page.locator("#transcript").inner_text()
         screenshot(page, "web-api-key")
+
+
+def test_a_model_not_downloaded_is_pulled_with_a_progress_bar(page: Page, tiny_model_dir: Path, tmp_path: Path) -> None:
+    """A served hub model not in the cache says so; its download button pulls it from a hub mirror on a
+    loopback port, the bar shows the bytes as they come, and the model is then listed as downloaded."""
+    with serve_mirror(HubMirror(repos={REPO: Repo(tiny_model_dir)})) as mirror, server_process(mirror, tmp_path) as url:
+        mirror.bytes_per_second = 1_000_000  # the 3.3 MB weights take a few seconds
+        page.goto(url)
+        expect(page.locator("#model")).to_have_value(REPO)
+        expect(page.locator("#model-state")).to_contain_text("not downloaded")
+        page.click("#pull")
+        expect(page.locator("#pull-text")).to_contain_text(" of ")  # "1.2 MB of 3.6 MB (2/6 files)"
+        screenshot(page, "web-pull")
+        expect(page.locator("#pull-text")).to_have_text("Downloaded.")
+        expect(page.locator("#model-state")).to_contain_text(f"{REPO}: downloaded")
+        assert page.locator("#pull-progress").evaluate("bar => bar.value === bar.max")
+        expect(page.locator("#pull")).to_be_hidden()  # nothing left to download
+        expect(page.locator("#error")).to_be_hidden()
 
 
 def test_page_and_assets_are_served_open_and_outside_the_api_schema(tiny_model_dir: Path) -> None:

@@ -13,6 +13,7 @@ const MODEL_STORAGE = "voxtral-local.model";
 const LANGUAGE_STORAGE = "voxtral-local.language";
 
 let models = new Map(); // id -> the model object of GET /v1/models
+let pulled = null; // the model this page just pulled: its download box stays shown, saying so
 
 export function selectedModel() {
   return $("model").value;
@@ -39,7 +40,8 @@ function showState() {
   const size = model.size_bytes ? ` · ${formatBytes(model.size_bytes)} on disk` : "";
   const memory = model.memory_bytes ? ` · needs ${formatBytes(model.memory_bytes)} of memory` : "";
   $("model-state").textContent = `${model.id}: ${describe(model)}${size}${memory}`;
-  $("pull-box").hidden = model.downloaded || model.backend === "vllm";
+  $("pull-box").hidden = (model.downloaded && model.id !== pulled) || model.backend === "vllm";
+  $("pull").hidden = model.downloaded;
 }
 
 /** Reads GET /v1/models into the picker (served models first, then aliases, each saying its state). */
@@ -118,6 +120,7 @@ async function pull() {
     if (failed) throw new Error(failed);
     if (!succeeded) throw new Error("The download stopped before it finished.");
     $("pull-text").textContent = "Downloaded.";
+    pulled = model;
   } catch (error) {
     $("pull-text").textContent = "The download failed.";
     showError(error.message === "Failed to fetch" ? "The server cannot be reached." : error.message);
@@ -135,6 +138,9 @@ export function setUpModels() {
   language.addEventListener("change", () => localStorage.setItem(LANGUAGE_STORAGE, language.value));
   $("model").addEventListener("change", () => {
     localStorage.setItem(MODEL_STORAGE, selectedModel());
+    pulled = null;
+    $("pull-text").textContent = "";
+    $("pull-progress").value = 0;
     showState();
   });
   $("refresh").addEventListener("click", loadModels);
