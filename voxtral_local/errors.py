@@ -250,6 +250,27 @@ class ServerOverloadedError(VoxtralError):
         self.retry_after = retry_after
 
 
+class TooManySessionsError(VoxtralError):
+    """`/v1/realtime` already has VOXTRAL_REALTIME_MAX_SESSIONS sessions open."""
+
+    kind = ErrorKind.OVERLOADED
+    code = "too_many_sessions"
+
+
+class SessionIdleError(VoxtralError):
+    """A `/v1/realtime` session sent nothing for VOXTRAL_REALTIME_IDLE_TIMEOUT_S seconds; it is closed."""
+
+    kind = ErrorKind.REQUEST_TIMEOUT
+    code = "session_idle_timeout"
+
+
+class BehindRealTimeError(VoxtralError):
+    """A live session's audio waits longer than VOXTRAL_REALTIME_LAG_S to be decoded (nothing is dropped)."""
+
+    kind = ErrorKind.OVERLOADED
+    code = "behind_real_time"
+
+
 class ServerShuttingDownError(VoxtralError):
     """The server is shutting down: new work is refused, and work still running at the deadline is stopped."""
 

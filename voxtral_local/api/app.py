@@ -18,8 +18,9 @@ from ..errors import VoxtralError
 from ..models.catalog import ModelCatalog, ServedModel
 from ..models.registry import ModelRegistry, locate
 from ..services.chat import ChatService
+from ..services.realtime import RealtimeService
 from ..services.transcription import TranscriptionService
-from . import routes_audio, routes_chat, routes_models, routes_ps, routes_pull
+from . import routes_audio, routes_chat, routes_models, routes_ps, routes_pull, routes_realtime
 from .access import install_access_control
 from .admission import Admission, AdmissionControl
 from .body_limit import BodySizeLimit
@@ -82,6 +83,7 @@ def create_app(settings: Settings, backends: Mapping[str, ModelBackend] | None =
         models.start()  # the idle unload (VOXTRAL_MODEL_TTL)
         app.state.transcription = TranscriptionService(settings, models)
         app.state.chat = ChatService(settings, models, app.state.transcription)
+        app.state.realtime = RealtimeService(settings, models, app.state.transcription)
         for model_id in backends or {}:
             await run_in_worker(models.load, model_id)
         if settings.preload:
@@ -112,5 +114,6 @@ def create_app(settings: Settings, backends: Mapping[str, ModelBackend] | None =
     app.include_router(routes_models.router)
     app.include_router(routes_pull.router)
     app.include_router(routes_ps.router)
+    app.include_router(routes_realtime.router)
     install_web_page(app)
     return app

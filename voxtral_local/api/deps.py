@@ -8,11 +8,13 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import Depends, Request
+from starlette.requests import HTTPConnection
 
 from ..backends.vllm import UpstreamPool
 from ..config import Settings
 from ..models.registry import ModelRegistry
 from ..services.chat import ChatService
+from ..services.realtime import RealtimeService
 from ..services.transcription import TranscriptionService
 
 
@@ -37,8 +39,14 @@ async def get_chat_service(request: Request) -> ChatService:
     return request.app.state.chat
 
 
+async def get_realtime_service(connection: HTTPConnection) -> RealtimeService:
+    """The live transcription service (for the `/v1/realtime` WebSocket, hence an `HTTPConnection`)."""
+    return connection.app.state.realtime
+
+
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 ModelsDep = Annotated[ModelRegistry, Depends(get_models)]
 UpstreamsDep = Annotated[UpstreamPool | None, Depends(get_upstreams)]
 TranscriptionServiceDep = Annotated[TranscriptionService, Depends(get_transcription_service)]
 ChatServiceDep = Annotated[ChatService, Depends(get_chat_service)]
+RealtimeServiceDep = Annotated[RealtimeService, Depends(get_realtime_service)]

@@ -69,3 +69,27 @@ def resample(
 
     with ThreadPoolExecutor(max(1, threads), thread_name_prefix="resample") as pool:
         return np.concatenate(list(pool.map(one, range(pieces))))
+
+
+class StreamResampler:
+    """Mono float32 audio resampled piece by piece as it arrives (soxr's streaming resampler, same quality as
+    `resample`): the pieces' outputs joined equal one pass over the whole, a few milliseconds of filter delay
+    held back until `flush`. Not thread-safe."""
+
+    def __init__(self, rate: int, target: int) -> None:
+        self.rate, self.target = rate, target
+        self._stream = None if rate == target else soxr.ResampleStream(rate, target, 1, dtype="float32", quality="HQ")
+
+    def __call__(self, samples: np.ndarray) -> np.ndarray:
+        """The resampled audio that `samples` (at `rate` Hz, shape (n,)) completes."""
+        if self._stream is None:
+            return samples
+        return np.asarray(self._stream.resample_chunk(samples), dtype=np.float32)
+
+    def flush(self) -> np.ndarray:
+        """What the filter still holds (the end of the audio so far); the stream starts afresh after it."""
+        if self._stream is None:
+            return np.zeros(0, dtype=np.float32)
+        rest = np.asarray(self._stream.resample_chunk(np.zeros(0, dtype=np.float32), last=True), dtype=np.float32)
+        self._stream.clear()
+        return rest

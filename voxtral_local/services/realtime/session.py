@@ -1,0 +1,315 @@
+"""One `/v1/realtime` transcription session: client events in, server events out (`events`, a queue the
+transport drains), with the audio cut into utterances by server VAD or by the client's commits.
+
+Transcription events of an item are sent in item order: an item's deltas wait until every earlier item is
+completed (a live stream still finishing the previous utterance while the next one starts).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import logging
+from collections import deque
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from ...audio.resampling import StreamResampler
+from ...errors import AudioTooLongError, BehindRealTimeError, InvalidRequestError, VoxtralError
+from ...protocol_realtime import (
+    AudioAppend,
+    AudioClear,
+    AudioCommit,
+    Cleared,
+    ClientEventError,
+    Committed,
+    DurationUsage,
+    ServerEvent,
+    SessionEvent,
+    SessionUpdate,
+    SpeechStarted,
+    SpeechStopped,
+    TranscriptionCompleted,
+    TranscriptionDelta,
+    TranscriptionFailed,
+    TranscriptionSessionUpdate,
+    error_detail,
+    error_event,
+    new_id,
+    parse_client_event,
+)
+from .config import Form, SessionConfig
+from .utterance import Utterance, UtteranceModel
+from .vad import RATE, SpeechAudio, SpeechDetector, SpeechEnd, SpeechStart
+
+if TYPE_CHECKING:
+    from .service import RealtimeService
+
+logger = logging.getLogger(__name__)
+
+SLICE_SAMPLES = RATE  # an append's audio is taken a second at a time, throttled between
+MIN_COMMIT_SAMPLES = RATE // 10  # OpenAI refuses to commit less than 100 ms
+THROTTLE_POLL_S = 0.05
+
+
+@dataclass
+class SessionStats:
+    """What the session has done, for logs and tests: audio received (seconds, at 16 kHz), the most
+    untranscribed audio it held (seconds), and how often it stopped reading to let the model catch up."""
+
+    received_s: float = 0.0
+    peak_pending_s: float = 0.0
+    throttled: int = 0
+
+
+class RealtimeSession:
+    """A session's state machine. `handle` one client message at a time (it returns when the message is
+    dealt with, which may wait for the model to catch up: the transport reads no further meanwhile); server
+    events are put on `events`, and None after the last."""
+
+    def __init__(self, service: RealtimeService, config: SessionConfig, form: Form) -> None:
+        self.service = service
+        self.config = config
+        self.form = form
+        self.id = new_id("sess")
+        self.events: asyncio.Queue[ServerEvent | None] = asyncio.Queue()
+        self.stats = SessionStats()
+        self.closed = False
+        self._received = 0  # session samples at 16 kHz
+        self._resampler = StreamResampler(config.rate, RATE)
+        self._detector: SpeechDetector | None = None
+        self._current: Utterance | None = None  # being spoken (or appended, without VAD)
+        self._committed: list[Utterance] = []  # committed, transcription not done
+        self._previous_item: str | None = None
+        self._order: deque[str] = deque()  # items whose transcription is not done, oldest first
+        self._held: dict[str, list[tuple[ServerEvent, bool]]] = {}  # events of items after the oldest
+
+    # ---- the client's events ----
+
+    def emit(self, event: ServerEvent) -> None:
+        """Queue a server event."""
+        self.events.put_nowait(event)
+
+    def session_event(self, kind: str) -> SessionEvent:
+        """`created` or `updated` in the session's form, with its effective configuration."""
+        prefix = "transcription_session" if self.form == "beta" else "session"
+        return SessionEvent(type=f"{prefix}.{kind}", session=self.config.render(self.form, self.id))
+
+    async def handle(self, message: str | bytes) -> None:
+        """Deal with one client message. A bad one gets an `error` event; the session goes on."""
+        event_id: str | None = None
+        try:
+            event = parse_client_event(message)
+            event_id = event.event_id
+            if isinstance(event, AudioAppend):
+                await self._append(event)
+            elif isinstance(event, AudioCommit):
+                self._commit(event_id)
+            elif isinstance(event, AudioClear):
+                self._clear()
+            else:
+                await self._update(event)
+        except ClientEventError as exc:
+            self.emit(error_event(exc))
+        except VoxtralError as exc:
+            self.emit(error_event(exc, event_id))
+
+    async def _update(self, event: TranscriptionSessionUpdate | SessionUpdate) -> None:
+        config = self.config.updated(event)
+        if config.model != self.config.model:
+            resolved = await self.service.check_model(config.model)  # model_not_found, model_not_downloaded
+            config = replace(config, resolved_model=resolved)
+        self.form = "beta" if isinstance(event, TranscriptionSessionUpdate) else "ga"
+        if config.rate != self.config.rate:
+            self._resampler = StreamResampler(config.rate, RATE)
+        if config.vad != self.config.vad:
+            self._detector = None  # made afresh, with the new knobs, for the next audio
+            if config.vad is None and self._current is not None and not self._current.samples:
+                self._drop_current()
+        self.config = config
+        self.emit(self.session_event("updated"))
+
+    async def _append(self, event: AudioAppend) -> None:
+        try:
+            data = base64.b64decode(event.audio, validate=True)
+        except (binascii.Error, ValueError) as exc:
+            raise InvalidRequestError("`audio` is not valid base64.", param="audio", code="invalid_base64") from exc
+        if len(data) % 2:
+            raise InvalidRequestError(
+                f"`audio` holds {len(data)} bytes: PCM16 audio has an even number of bytes.",
+                param="audio",
+                code="invalid_audio",
+            )
+        samples = self._resampler(np.frombuffer(data, dtype="<i2").astype(np.float32) / 32768.0)
+        for start in range(0, samples.shape[0], SLICE_SAMPLES):
+            await self._throttle()
+            if self.closed:
+                return
+            await self._take(samples[start : start + SLICE_SAMPLES])
+
+    async def _throttle(self) -> None:
+        """Wait while the untranscribed audio exceeds VOXTRAL_REALTIME_MAX_AHEAD_S (nothing is read meanwhile)."""
+        limit = self.service.settings.realtime_max_ahead_s
+        if self.pending_s <= limit:
+            return
+        self.stats.throttled += 1
+        while self.pending_s > limit and not self.closed:
+            await asyncio.sleep(THROTTLE_POLL_S)
+
+    async def _take(self, samples: np.ndarray) -> None:
+        """Audio at 16 kHz: to the VAD, or straight into the utterance without it."""
+        self._received += samples.shape[0]
+        self.stats.received_s = self._received / RATE
+        vad = self.config.vad
+        if vad is None:
+            if samples.size:
+                self._start_item().feed(samples)
+                self._check_length()
+            return
+        if self._detector is None:
+            offset = self._received - samples.shape[0]
+            self._detector = await asyncio.to_thread(SpeechDetector, vad, offset)
+        for found in await asyncio.to_thread(self._detector.push, samples):
+            if isinstance(found, SpeechStart):
+                utterance = self._start_item()
+                self.emit(SpeechStarted(audio_start_ms=_ms(found.position), item_id=utterance.item_id))
+                utterance.feed(found.audio)
+            elif isinstance(found, SpeechAudio) and self._current is not None:
+                self._current.feed(found.audio)
+            elif isinstance(found, SpeechEnd) and self._current is not None:
+                self.emit(SpeechStopped(audio_end_ms=_ms(found.position), item_id=self._current.item_id))
+                self._finish_current()
+            self._check_length()
+        self._note_pending()
+
+    def _check_length(self) -> None:
+        """An utterance that reaches VOXTRAL_MAX_AUDIO_MINUTES is committed there, with an `error` event
+        saying so; the audio after it goes on in a new item."""
+        current = self._current
+        limit = self.service.settings.max_audio_seconds
+        if current is None or current.duration_s < limit:
+            return
+        self.emit(error_event(AudioTooLongError(limit, current.duration_s)))
+        self._finish_current()
+        if self._detector is not None and self._detector.speaking:
+            self.emit(SpeechStarted(audio_start_ms=_ms(self._received), item_id=self._start_item().item_id))
+
+    def _commit(self, event_id: str | None) -> None:
+        current = self._current
+        if current is not None and self.config.vad is None:
+            current.feed(self._resampler.flush())
+        if current is None or current.samples < MIN_COMMIT_SAMPLES:
+            raise InvalidRequestError(
+                "Error committing input audio buffer: buffer too small. Expected at least 100ms of audio.",
+                code="input_audio_buffer_commit_empty",
+            )
+        self._finish_current()
+        if self._detector is not None:
+            self._detector.reset()
+
+    def _clear(self) -> None:
+        self._drop_current()
+        if self._detector is not None:
+            self._detector.reset()
+        self.emit(Cleared())
+
+    # ---- utterances ----
+
+    def _start_item(self) -> Utterance:
+        if self._current is None:
+            model = UtteranceModel(
+                self.service.models, self.service.transcription, self.config.resolved_model, self.config.language
+            )
+            self._current = Utterance(new_id("item"), model, self)
+            self._order.append(self._current.item_id)
+        return self._current
+
+    def _finish_current(self) -> None:
+        current = self._current
+        assert current is not None
+        self._current = None
+        self.emit(Committed(item_id=current.item_id, previous_item_id=self._previous_item))
+        self._previous_item = current.item_id
+        current.finish()
+        self._committed.append(current)
+        self._note_pending()
+
+    def _drop_current(self) -> None:
+        current, self._current = self._current, None
+        if current is not None:
+            current.cancel()
+            self._forget(current.item_id)
+
+    @property
+    def pending_s(self) -> float:
+        """Seconds of received audio the model could be transcribing but has not yet."""
+        self._committed = [u for u in self._committed if u.mode != "done"]
+        current = 0.0 if self._current is None else self._current.pending_s
+        return current + sum(u.pending_s for u in self._committed)
+
+    def _note_pending(self) -> None:
+        self.stats.peak_pending_s = max(self.stats.peak_pending_s, self.pending_s)
+
+    # ---- what utterances tell (ItemSink), sent in item order ----
+
+    def delta(self, item_id: str, text: str, audio_end_ms: int) -> None:
+        if text:
+            self._item_event(item_id, TranscriptionDelta(item_id=item_id, delta=text, audio_end_ms=audio_end_ms))
+
+    def completed(self, item_id: str, transcript: str, seconds: float) -> None:
+        event = TranscriptionCompleted(item_id=item_id, transcript=transcript, usage=DurationUsage(seconds=seconds))
+        self._item_event(item_id, event, last=True)
+
+    def failed(self, item_id: str, error: VoxtralError) -> None:
+        self.emit(error_event(error))
+        self._item_event(item_id, TranscriptionFailed(item_id=item_id, error=error_detail(error)), last=True)
+
+    def behind(self, item_id: str, behind_s: float) -> None:
+        message = (
+            f"The transcription is {behind_s:.1f} s of audio behind real time (more than VOXTRAL_REALTIME_LAG_S): "
+            "the server is overloaded; nothing is dropped."
+        )
+        self.emit(error_event(BehindRealTimeError(message)))
+
+    def _item_event(self, item_id: str, event: ServerEvent, last: bool = False) -> None:
+        if self.closed or item_id not in self._order:
+            return
+        self._held.setdefault(item_id, []).append((event, last))
+        self._flush()
+
+    def _flush(self) -> None:
+        """Send the held events of the oldest items, up to the first item not done yet."""
+        while self._order:
+            head = self._order[0]
+            done = False
+            for event, last in self._held.pop(head, []):
+                self.emit(event)
+                done = done or last
+            if not done:
+                return
+            self._order.popleft()
+
+    def _forget(self, item_id: str) -> None:
+        """Drop a cancelled item from the order; the items after it may go on."""
+        if item_id in self._order:
+            self._order.remove(item_id)
+        self._held.pop(item_id, None)
+        self._flush()
+
+    async def close(self) -> None:
+        """The client left or the session was closed: stop its transcriptions and the event queue."""
+        if self.closed:
+            return
+        self.closed = True
+        if self._current is not None:
+            self._current.cancel()
+        for utterance in self._committed:
+            utterance.cancel()
+        self.events.put_nowait(None)
+
+
+def _ms(samples: int) -> int:
+    return samples * 1000 // RATE
