@@ -74,6 +74,7 @@ def page(browser: Browser) -> Iterator[Page]:
     context.grant_permissions(["microphone", "clipboard-read", "clipboard-write"])
     page = context.new_page()
     page.set_default_timeout(TIMEOUT_MS)
+    expect.set_options(timeout=TIMEOUT_MS)
     yield page
     context.close()
 
@@ -118,6 +119,33 @@ def test_upload_streams_the_transcript_and_downloads_the_formats(page: Page, bas
     screenshot(page, "web-upload")
 
 
+def record_until_an_utterance_completes(page: Page) -> None:
+    """Start recording on the Microphone tab and wait until the fake microphone's sentence has come back as
+    one completed utterance (the server's voice activity detection ends it at the pause)."""
+    page.click("#tab-mic")
+    page.click("#record")
+    expect(page.locator("#record")).to_have_attribute("aria-pressed", "true")
+    expect(page.locator("#mic-state")).not_to_have_text("Connecting…")
+    expect(page.locator("#utterances li.done").first).not_to_be_empty()
+    expect(page.locator("#error")).to_be_hidden()
+
+
+def test_microphone_shows_the_live_transcript(page: Page, base_url: str) -> None:
+    """Record from the (fake) microphone: the audio goes over /v1/realtime, each utterance's text appears as
+    it is transcribed; stopping ends the session and the text can be copied."""
+    page.goto(base_url)
+    expect(page.locator("#model")).to_have_value(MODEL)
+    record_until_an_utterance_completes(page)
+    screenshot(page, "web-microphone")
+    page.click("#record")
+    expect(page.locator("#mic-state")).to_have_text("Not recording")
+    expect(page.locator("#record")).to_have_text("Start recording")
+    text = page.locator("#utterances li.done").first.inner_text()
+    assert text.strip()
+    page.click("#copy-live")
+    assert text in page.evaluate("navigator.clipboard.readText()")
+
+
 def test_a_server_error_is_shown_with_its_message(page: Page, base_url: str) -> None:
     """A file that is not audio: the server's 400 message is on the page; nothing to download."""
     page.goto(base_url)
@@ -132,7 +160,8 @@ def test_a_server_error_is_shown_with_its_message(page: Page, base_url: str) -> 
 
 def test_the_api_key_is_asked_for_and_then_sent(page: Page, tiny_model_dir: Path) -> None:
     """With VOXTRAL_API_KEY set the page itself loads, the model list shows the server's 401 message until
-    the key is entered, and with the key (kept in localStorage) the models load and a file transcribes."""
+    the key is entered, and with the key (kept in localStorage) the models load, a file transcribes and the
+    microphone works."""
     with running_server(model=str(tiny_model_dir), api_key="page-secret") as url:
         page.goto(url)
         expect(page.locator("#error-text")).to_contain_text("You didn't provide an API key")
@@ -151,6 +180,7 @@ def test_the_api_key_is_asked_for_and_then_sent(page: Page, tiny_model_dir: Path
         expect(page.locator("#work-text")).to_have_text("done")
         assert page.locator("#transcript").inner_text()
         screenshot(page, "web-api-key")
+        record_until_an_utterance_completes(page)  # the key goes as the WebSocket subprotocol
 
 
 def test_a_model_not_downloaded_is_pulled_with_a_progress_bar(page: Page, tiny_model_dir: Path, tmp_path: Path) -> None:

@@ -3,7 +3,7 @@
 // realtime transcription events; the server's voice activity detection cuts utterances at pauses).
 
 import { $, apiKey, clearError, copyText, showError } from "./api.js";
-import { selectedLanguage, selectedModel } from "./models.js";
+import { loadModels, selectedLanguage, selectedModel } from "./models.js";
 
 const SAMPLE_RATE = 24_000;
 const SEND_EVERY = SAMPLE_RATE / 10; // samples: one append per 100 ms
@@ -148,6 +148,8 @@ class Session {
         element.className = "done";
         $("copy-live").disabled = false;
         this.pending.delete(event.item_id);
+        if (!this.heard) loadModels(); // the model is loaded by now
+        this.heard = true;
         if (this.stopping && !this.pending.size) this.socket.close(1000);
         break;
       }
@@ -186,6 +188,7 @@ class Session {
 }
 
 function finish() {
+  if (session && session.heard) loadModels();
   session = null;
   setState("Not recording");
   const button = $("record");
