@@ -32,8 +32,11 @@ export function errorMessage(status, text) {
   return `The server answered ${status}${text ? `: ${text.slice(0, 200)}` : ""}`;
 }
 
-export function showError(message) {
-  $("error-text").textContent = message;
+/** Shows `message` in the error banner; for a 401 (no key, or a wrong one) it points at the key field. */
+export function showError(message, status = 0) {
+  $("error-text").textContent =
+    status === 401 ? `${message} Enter the server's API key in the field at the top and save it.` : message;
+  if (status === 401) $("api-key").focus();
   $("error").hidden = false;
 }
 
@@ -55,7 +58,11 @@ export async function requestJson(method, path, body) {
     throw new Error("The server cannot be reached.");
   }
   const text = await response.text();
-  if (!response.ok) throw new Error(errorMessage(response.status, text));
+  if (!response.ok) {
+    const error = new Error(errorMessage(response.status, text));
+    error.status = response.status;
+    throw error;
+  }
   return text ? JSON.parse(text) : null;
 }
 

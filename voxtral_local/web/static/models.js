@@ -51,7 +51,7 @@ export async function loadModels() {
     list = await requestJson("GET", "/v1/models");
   } catch (error) {
     $("model-state").textContent = "The model list could not be read.";
-    showError(error.message);
+    showError(error.message, error.status);
     return;
   }
   const select = $("model");

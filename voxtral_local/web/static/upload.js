@@ -136,7 +136,7 @@ function transcribe(file) {
     }
     if (xhr.status !== 200) {
       setBar("work-progress", "work-text", 0, "failed");
-      showError(errorMessage(xhr.status, xhr.responseText));
+      showError(errorMessage(xhr.status, xhr.responseText), xhr.status);
       return;
     }
     readNew();
