@@ -154,6 +154,7 @@ class Session {
         break;
       }
       case "error":
+        this.failed = true;
         showError(event.error && event.error.message ? event.error.message : "The server reported an error.");
         break;
       default:
@@ -162,7 +163,7 @@ class Session {
   }
 
   closed(event) {
-    if (event.code !== 1000 && !this.stopping) {
+    if (event.code !== 1000 && !this.stopping && !this.failed) {  // else the error event said why
       showError(event.reason || `The live transcription connection closed (code ${event.code}).`);
     }
     this.release();
