@@ -11,6 +11,31 @@ const STOP_WAIT_MS = 10_000; // how long a stopped recording waits for its last 
 
 let session = null;
 
+/** Linear-interpolation resampling of a stream of blocks from `from` Hz to `to` Hz (used only where the
+ * browser cannot capture at 24 kHz itself: Firefox connects a microphone only to a context at its own rate). */
+class Resampler {
+  constructor(from, to) {
+    this.step = from / to;
+    this.t = 0; // position of the next output sample, in input samples from the current block's start
+    this.last = 0; // the previous block's last sample (position -1)
+  }
+
+  push(input) {
+    if (this.step === 1) return input;
+    const out = [];
+    let t = this.t;
+    while (t < input.length - 1) {
+      const i = Math.floor(t);
+      const a = i < 0 ? this.last : input[i];
+      out.push(a + (input[i + 1] - a) * (t - i));
+      t += this.step;
+    }
+    this.t = t - input.length;
+    this.last = input[input.length - 1];
+    return Float32Array.from(out);
+  }
+}
+
 function setState(text) {
   $("mic-state").textContent = text;
 }
@@ -59,10 +84,18 @@ class Session {
     this.stream = await navigator.mediaDevices.getUserMedia({
       audio: { channelCount: 1, echoCancellation: true, noiseSuppression: true },
     });
-    this.context = new AudioContext({ sampleRate: SAMPLE_RATE });
+    let source;
+    try {
+      this.context = new AudioContext({ sampleRate: SAMPLE_RATE });
+      source = this.context.createMediaStreamSource(this.stream);
+    } catch (_) {
+      if (this.context) this.context.close();
+      this.context = new AudioContext(); // the device's rate: resampled to 24 kHz here
+      source = this.context.createMediaStreamSource(this.stream);
+    }
+    this.resampler = new Resampler(this.context.sampleRate, SAMPLE_RATE);
     await this.context.audioWorklet.addModule("/web/mic-worklet.js");
     this.socket = await this.connect();
-    const source = this.context.createMediaStreamSource(this.stream);
     this.node = new AudioWorkletNode(this.context, "mic-capture");
     this.node.port.onmessage = (event) => this.capture(event.data);
     source.connect(this.node);
@@ -98,7 +131,9 @@ class Session {
     });
   }
 
-  capture(samples) {
+  capture(block) {
+    const samples = this.resampler.push(block);
+    if (!samples.length) return;
     let sum = 0;
     for (const s of samples) sum += s * s;
     $("mic-level").value = Math.min(1, Math.sqrt(sum / samples.length) * 4);

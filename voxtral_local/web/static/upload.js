@@ -62,6 +62,7 @@ function setBusy(busy) {
   $("transcribe").disabled = busy || !$("file").files.length;
   $("cancel-upload").hidden = !busy;
   $("file").disabled = busy;
+  $("transcript").setAttribute("aria-busy", String(busy)); // read out once complete, not token by token
 }
 
 function transcribe(file) {
