@@ -3,6 +3,8 @@
 # (editable, for the `voxtral-local` command in .venv/bin).
 # Usage: scripts/setup_venv.sh [requirements file, default requirements.txt]
 # Offline once the requirements are there: nothing is fetched when every pin is already installed.
+# The dev requirements' playwright package drives the system's Chromium in tests/test_web_page.py; this script
+# never runs `playwright install` (no browser is downloaded).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 req="${1:-requirements.txt}"

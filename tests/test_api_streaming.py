@@ -105,6 +105,25 @@ def test_progress_comments_come_in_order_and_the_sdk_ignores_them(
     assert done.text == raw_events[-1]["text"]  # the same transcript as the stream read raw
 
 
+def test_segments_in_the_done_event_with_segment_granularity(client: OpenAI) -> None:
+    """With timestamp_granularities=["segment"] the done event carries the segments (times and text, as
+    verbose_json gives them), so a client can write subtitles from the one streamed transcription; without
+    it the done event has none."""
+    events = stream_events(client, FIXTURES / "speech.wav", timestamp_granularities=["segment"])
+    done = events[-1]
+    assert isinstance(done, TranscriptionTextDoneEvent)
+    with open(FIXTURES / "speech.wav", "rb") as f:
+        verbose = client.audio.transcriptions.create(
+            model=MODEL, file=f, response_format="verbose_json", timestamp_granularities=["segment"]
+        )
+    assert verbose.segments
+    expected = [{"id": s.id, "start": s.start, "end": s.end, "text": s.text} for s in verbose.segments]
+    assert getattr(done, "segments", None) == expected
+    assert " ".join(str(s["text"]) for s in expected) == done.text
+    plain = stream_events(client, FIXTURES / "speech.wav")[-1]
+    assert getattr(plain, "segments", None) is None
+
+
 @contextmanager
 def counted_forward(engine: TransformersBackend, fail_after: int | None = None) -> Iterator[list[int]]:
     """Count the forward passes the engine's model takes (optionally fail on one); restore afterwards."""

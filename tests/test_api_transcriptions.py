@@ -133,7 +133,7 @@ def test_prompt_is_accepted_and_reported_as_unused(client: OpenAI) -> None:
         ({"language": "english"}, "language", "invalid_value", "ISO 639-1"),
         ({"response_format": "verbose_json", "timestamp_granularities": ["word"]}, "timestamp_granularities",
          "unsupported_value", "no word timestamps"),
-        ({"timestamp_granularities": ["segment"]}, "timestamp_granularities", "unsupported_value", "verbose_json"),
+        ({"timestamp_granularities": ["segment"]}, "timestamp_granularities", "unsupported_value", "stream=true"),
         ({"response_format": "docx"}, "response_format", "invalid_value", "docx"),
         ({"temperature": 3.5}, "temperature", "invalid_value", "temperature"),
         ({"extra_body": {"beam_size": "5"}}, "beam_size", "unknown_parameter", "Unrecognized"),

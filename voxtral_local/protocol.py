@@ -267,6 +267,16 @@ class TranscriptionTextDeltaEvent(BaseModel):
     logprobs: list[Logprob] | None = None
 
 
+class StreamedSegment(BaseModel):
+    """One segment in a streamed transcript's done event: a chunk of the audio, its offsets in seconds and
+    its text (as `verbose_json`'s segments, without the token and probability fields)."""
+
+    id: int
+    start: float
+    end: float
+    text: str
+
+
 class TranscriptionTextDoneEvent(BaseModel):
     """`openai.types.audio.TranscriptionTextDoneEvent`."""
 
@@ -276,6 +286,11 @@ class TranscriptionTextDoneEvent(BaseModel):
     usage: UsageTokens
     truncated_segments: list[int] | None = Field(
         None, description="Extension: ids of segments whose generation hit the token cap (absent if none)."
+    )
+    segments: list[StreamedSegment] | None = Field(
+        None,
+        description="Extension, with timestamp_granularities[]=segment: the segments (the audio's chunks) with "
+        "their times, from which subtitles can be written without transcribing again.",
     )
 
 

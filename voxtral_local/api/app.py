@@ -27,6 +27,7 @@ from .admission import Admission, AdmissionControl
 from .body_limit import BodySizeLimit
 from .errors import install_error_handlers
 from .openapi import install_openapi
+from .routes_web import install_web_page
 from .timeouts import BodyReadTimeout
 from .workers import InFlight, run_in_worker
 
@@ -118,4 +119,5 @@ def create_app(settings: Settings, backends: Mapping[str, ModelBackend] | None =
     app.include_router(routes_pull.router)
     app.include_router(routes_ps.router)
     app.include_router(routes_realtime.router)
+    install_web_page(app)
     return app

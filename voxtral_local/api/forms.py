@@ -119,9 +119,13 @@ def check_transcription_options(params: TranscriptionCreateParams) -> None:
             param="timestamp_granularities",
             code="unsupported_value",
         )
-    if params.timestamp_granularities and params.response_format not in ("verbose_json", "srt", "vtt"):
+    if (
+        params.timestamp_granularities
+        and params.response_format not in ("verbose_json", "srt", "vtt")
+        and not params.stream
+    ):
         raise InvalidRequestError(
-            "timestamp_granularities needs response_format 'verbose_json' (or 'srt'/'vtt').",
+            "timestamp_granularities needs response_format 'verbose_json' (or 'srt'/'vtt'), or stream=true.",
             param="timestamp_granularities",
             code="unsupported_value",
         )

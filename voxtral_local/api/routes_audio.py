@@ -14,6 +14,7 @@ from ..languages import normalize_language
 from ..protocol import (
     Logprob,
     ResponseFormat,
+    StreamedSegment,
     Transcription,
     TranscriptionCreateParams,
     TranscriptionTextDeltaEvent,
@@ -90,7 +91,7 @@ async def create_transcription(
                 return service.transcribe(replace(prepared, on_delta=emit, on_progress=on_progress, cancel=cancel))
 
             return ClosingStreamingResponse(
-                _transcript_events(work, logprobs, inflight_of(request)),
+                _transcript_events(work, logprobs, inflight_of(request), bool(params.timestamp_granularities)),
                 media_type="text/event-stream",
                 headers={**sse.STREAM_HEADERS, **headers},
                 on_close=prepared.close,
@@ -147,11 +148,11 @@ def progress_comment(done: float, total: float | None) -> str:
 
 
 async def _transcript_events(
-    work: DeltaWork[TranscriptionResult], logprobs: bool, inflight: InFlight
+    work: DeltaWork[TranscriptionResult], logprobs: bool, inflight: InFlight, segments: bool = False
 ) -> AsyncIterator[str]:
     """Delta events (and progress comments), then the done event; with `logprobs` (include[]=logprobs) each
     event carries the logprobs of the tokens it is the first to show, and the done event those of every
-    token."""
+    token; with `segments` (timestamp_granularities[]=segment) the done event carries the segments."""
     sent: list[str] = []
     async for item in stream_deltas(work, inflight):
         if isinstance(item, Delta):
@@ -169,6 +170,9 @@ async def _transcript_events(
                 logprobs=_logprobs(result) if logprobs else None,
                 usage=token_usage(result),
                 truncated_segments=result.truncated_segments or None,  # headers went out before the cap was hit
+                segments=[StreamedSegment(id=s.id, start=s.start, end=s.end, text=s.text) for s in result.segments]
+                if segments
+                else None,
             )
             yield sse.event(done)
         else:
