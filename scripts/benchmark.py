@@ -5,6 +5,7 @@
                        [--strategies native,sequential,engine,http,concurrent,preprocess] [--concurrency 8]
                        [--tokens-per-30s 100] [--repeat 1] [--json FILE]
   scripts/benchmark.py --scale-out [options]   (the front of one or two upstream servers: scale_out_benchmark.py)
+  scripts/benchmark.py --realtime [options]    (simulated microphones on /v1/realtime: realtime_benchmark.py)
 
 Strategies: native = the whole file as one `apply_transcription_request` prompt and one `generate`;
 sequential = one `generate` per chunk in turn; engine = this server's engine (all chunks in one batch);
@@ -279,6 +280,11 @@ def main() -> None:
         from scale_out_benchmark import main as scale_out
 
         scale_out([a for a in sys.argv[1:] if a != "--scale-out"])
+        return
+    if "--realtime" in sys.argv[1:]:
+        from realtime_benchmark import main as realtime
+
+        realtime([a for a in sys.argv[1:] if a != "--realtime"])
         return
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--preset", choices=["small", "full"], default="small")

@@ -348,6 +348,10 @@ def test_live_deltas_come_before_vad_ends_the_utterance(realtime_url: str, two_s
         events = early + receive_until(ws, count(COMPLETED, 2))
     assert len(transcripts(events)) == 2
     assert types(events).count("input_audio_buffer.committed") == 2
+    # Each delta's `audio_end_ms` is session time: past its own item's start, rising within the item.
+    for started in (e for e in events if e["type"] == "input_audio_buffer.speech_started"):
+        ends = [e["audio_end_ms"] for e in events if e["type"] == DELTA and e["item_id"] == started["item_id"]]
+        assert ends and ends == sorted(ends) and ends[0] > started["audio_start_ms"]
 
 
 def test_live_sessions_share_decoding_steps(realtime_url: str, sentence: np.ndarray) -> None:

@@ -4,8 +4,9 @@ OpenAI SDK's `types/realtime` for the GA `session.update` form, `types/beta/real
 
 Client events are parsed by `parse_client_event` (unknown fields are ignored, as OpenAI tolerates them);
 server events are plain models that `dump` turns into the JSON text sent. One extension: a transcription delta
-carries `audio_end_ms`, the milliseconds of the utterance's audio the model had read when it produced the text
-(the delay from a word's audio to its delta is measured with it).
+carries `audio_end_ms`, how far into the session's audio (milliseconds from its first sample, as in
+`speech_stopped`) the model had read when it produced the text (the realtime benchmark measures the delay from
+a word's audio to its delta with it).
 """
 
 from __future__ import annotations
@@ -229,8 +230,8 @@ class Cleared(ServerEvent):
 
 
 class TranscriptionDelta(ServerEvent):
-    """Text of an item as it is produced. `audio_end_ms` (an extension) is how much of the item's audio the
-    model had read when it produced the text."""
+    """Text of an item as it is produced. `audio_end_ms` (an extension): how far into the session's audio
+    (milliseconds from its first sample) the model had read when it produced the text."""
 
     type: Literal["conversation.item.input_audio_transcription.delta"] = (
         "conversation.item.input_audio_transcription.delta"

@@ -86,6 +86,7 @@ class RealtimeSession:
         self._previous_item: str | None = None
         self._order: deque[str] = deque()  # items whose transcription is not done, oldest first
         self._held: dict[str, list[tuple[ServerEvent, bool]]] = {}  # events of items after the oldest
+        self._starts: dict[str, int] = {}  # session sample of each item's first sample, until it is done
 
     # ---- the client's events ----
 
@@ -177,7 +178,7 @@ class RealtimeSession:
         self.stats.received_s = self._received / RATE
         vad = self.config.vad
         if vad is None:
-            self._feed(samples)
+            self._feed(samples, self._received - samples.shape[0])
             return
         if self._detector is None:
             offset = self._received - samples.shape[0]
@@ -186,9 +187,9 @@ class RealtimeSession:
             if isinstance(found, SpeechStart):
                 utterance = self._start_item()
                 self.emit(SpeechStarted(audio_start_ms=_ms(found.position), item_id=utterance.item_id))
-                self._feed(found.audio)
+                self._feed(found.audio, found.position)
             elif isinstance(found, SpeechAudio) and self._current is not None:
-                self._feed(found.audio)
+                self._feed(found.audio, -1)
             elif isinstance(found, SpeechEnd) and self._current is not None and not self._current.samples:
                 self._drop_current()  # an item begun at a cut that the speech's end left empty
             elif isinstance(found, SpeechEnd) and self._current is not None:
@@ -196,16 +197,20 @@ class RealtimeSession:
                 self._finish_current()
         self._note_pending()
 
-    def _feed(self, samples: np.ndarray) -> None:
-        """Into the current utterance (started if there is none). An utterance that reaches
+    def _feed(self, samples: np.ndarray, position: int) -> None:
+        """Into the current utterance (started if there is none); `position`: the session sample of
+        `samples[0]` (-1: not known, the utterance has begun already). An utterance that reaches
         VOXTRAL_MAX_AUDIO_MINUTES is committed there, with an `error` event saying so; the audio after it
         goes on in a new item."""
         limit = max(1, int(self.service.settings.max_audio_seconds * RATE))
         while samples.size:
             current = self._start_item()
+            if current.samples == 0:
+                self._starts[current.item_id] = max(position, 0)
             room = limit - current.samples
             current.feed(samples[:room])
             samples = samples[room:]
+            position += room
             if current.samples < limit:
                 return
             minutes = self.service.settings.max_audio_minutes
@@ -279,8 +284,9 @@ class RealtimeSession:
     # ---- what utterances tell (ItemSink), sent in item order ----
 
     def delta(self, item_id: str, text: str, audio_end_ms: int) -> None:
-        if text:
-            self._item_event(item_id, TranscriptionDelta(item_id=item_id, delta=text, audio_end_ms=audio_end_ms))
+        if text:  # `audio_end_ms` of the item's audio, reported in session time like speech_stopped's
+            session_ms = audio_end_ms + _ms(self._starts.get(item_id, 0))
+            self._item_event(item_id, TranscriptionDelta(item_id=item_id, delta=text, audio_end_ms=session_ms))
 
     def completed(self, item_id: str, transcript: str, seconds: float) -> None:
         event = TranscriptionCompleted(item_id=item_id, transcript=transcript, usage=DurationUsage(seconds=seconds))
@@ -298,6 +304,8 @@ class RealtimeSession:
         self.emit(error_event(BehindRealTimeError(message)))
 
     def _item_event(self, item_id: str, event: ServerEvent, last: bool = False) -> None:
+        if last:
+            self._starts.pop(item_id, None)
         if self.closed or item_id not in self._order:
             return
         self._held.setdefault(item_id, []).append((event, last))
@@ -320,6 +328,7 @@ class RealtimeSession:
         if item_id in self._order:
             self._order.remove(item_id)
         self._held.pop(item_id, None)
+        self._starts.pop(item_id, None)
         self._flush()
 
     async def close(self) -> None:
