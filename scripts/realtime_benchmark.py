@@ -54,6 +54,7 @@ from scale_out_benchmark import build_checkpoint, cpu_count, ram_gib, start_serv
 SERVED_NAME = "bench-realtime"
 SEND_RATE = 24000  # Hz: what OpenAI's clients send
 DRAIN_TIMEOUT_S = 120.0  # after the audio ends, how long a session waits for its last `completed`
+QUIET_S = 10.0  # ... or for any event at all
 
 
 @dataclass
@@ -130,6 +131,8 @@ async def microphone(url: str, pcm: bytes, piece_ms: int, record: SessionRecord)
         done.set()
         deadline = time.perf_counter() + DRAIN_TIMEOUT_S
         while not _settled(record) and time.perf_counter() < deadline and not receiver.done():
+            if time.perf_counter() - max(last_event[0], record.sent_at[-1]) > QUIET_S:
+                break  # nothing more is coming (an utterance that voice activity detection never ended)
             await asyncio.sleep(0.1)
         receiver.cancel()
 
@@ -243,7 +246,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     rows = []
     try:
         wait_ready(server)
-        asyncio.run(run_sessions(server.url, 1, pcm[: SEND_RATE * 2 * 3], args.piece_ms))  # warm-up
+        asyncio.run(run_sessions(server.url, 1, speech_pcm16(2.0), args.piece_ms))  # warm-up
         for n in counts:
             records = asyncio.run(run_sessions(server.url, n, pcm, args.piece_ms))
             rows.append({"sessions": n, **measure(records, delay_s, args.slack_s)})

@@ -326,9 +326,9 @@ def test_binding_loopback_does_not_warn(tiny_model_dir: Path, tmp_path: Path) ->
 
 
 def test_websocket_handshakes_meet_the_same_rules() -> None:
-    """No route is a WebSocket yet, and uvicorn here has no WebSocket library, so Starlette's test client
-    drives the middleware around a small echo app: refusals are the HTTP envelope (ASGI's
-    `websocket.http.response` extension) or, where a server lacks it, a 1008 close."""
+    """Starlette's test client drives the middleware around a small echo app (/v1/realtime's own handshakes
+    are in test_realtime_ws.py): refusals are the HTTP envelope (ASGI's `websocket.http.response` extension)
+    or, where a server lacks it, a 1008 close. A browser's key comes as a subprotocol."""
 
     async def echo(websocket: WebSocket) -> None:
         await websocket.accept()
@@ -340,6 +340,13 @@ def test_websocket_handshakes_meet_the_same_rules() -> None:
     client = TestClient(app)
     with client.websocket_connect("/ws", headers={"Authorization": f"Bearer {KEY}", "Origin": APP_ORIGIN}) as ws:
         assert ws.receive_text() == "hello"
+    with client.websocket_connect("/ws", subprotocols=["realtime", f"openai-insecure-api-key.{KEY}"]) as ws:
+        assert ws.receive_text() == "hello"
+    wrong = ["realtime", "openai-insecure-api-key.wrong"]
+    with pytest.raises(WebSocketDenialResponse) as denied, client.websocket_connect("/ws", subprotocols=wrong):
+        pass
+    message = denied.value.json()["error"]["message"]
+    assert denied.value.status_code == 401 and "Incorrect API key" in message and "subprotocol" in message
     for headers, status, code in [
         ({"Authorization": f"Bearer {KEY}", "Origin": "https://evil.example"}, 403, "origin_not_allowed"),
         ({"Authorization": f"Bearer {KEY}", "Host": "evil.example"}, 403, "host_not_allowed"),

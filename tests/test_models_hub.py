@@ -133,7 +133,8 @@ def test_a_model_not_downloaded_is_a_404_within_a_second_and_asks_no_hub(tiny_mo
         assert response.status_code == 404 and response.json()["error"]["code"] == "model_not_downloaded"
 
 
-@pytest.mark.parametrize("kind", ["closed", "silent"])
+# A refused connection fails the same way as a silent hub, only sooner: it runs with `-m slow`.
+@pytest.mark.parametrize("kind", [pytest.param("closed", marks=pytest.mark.slow), "silent"])
 def test_an_unreachable_hub_fails_a_pull_within_seconds_in_one_log_line(
     tiny_model_dir: Path, tmp_path: Path, kind: str
 ) -> None:
@@ -161,6 +162,7 @@ def test_an_unreachable_hub_fails_a_pull_within_seconds_in_one_log_line(
     assert not any("Traceback" in line or "Retrying" in line for line in lines), "\n".join(lines)
 
 
+@pytest.mark.slow  # pull, load and delete are each tested in the default loop (test_api_pull, test_cli's pull and rm)
 def test_pull_a_second_hub_model_load_it_without_the_hub_and_delete_it(
     mirror: HubMirror, repo_dir: Path, tiny_model_dir: Path, tmp_path: Path
 ) -> None:
@@ -204,6 +206,7 @@ def test_auto_download_pulls_the_model_a_request_needs(mirror: HubMirror, tmp_pa
         assert again["status"] == "success" and again["completed"] == 0  # complete already: nothing downloaded
 
 
+@pytest.mark.slow  # two pulls at once: a server process and a hub mirror of its own
 def test_pulls_of_two_models_run_side_by_side(mirror: HubMirror, tmp_path: Path) -> None:
     with hub_server(mirror.url, tmp_path, model=MINI, models=SMALL) as (url, _):
         mirror.requests.clear()

@@ -99,6 +99,7 @@ def test_models_lists_both_models_and_every_alias(two_models: str, tiny_model_di
         "size_bytes": files,
         "memory_bytes": weights_float32(tiny_model_dir),
         "backend": "transformers",
+        "realtime": False,
         "upstreams": None,
     }
     assert data[B]["alias_of"] is None and data[B]["downloaded"] is True

@@ -20,6 +20,7 @@ from playwright.sync_api import Browser, Page, expect, sync_playwright
 from playwright.sync_api import Error as PlaywrightError
 
 from voxtral_local.testing.audio_files import encode, silence
+from voxtral_local.testing.tiny_realtime import build_tiny_realtime_model
 
 from .conftest import FIXTURES, running_server
 from .hub_mirror import HubMirror, Repo, serve_mirror
@@ -144,6 +145,27 @@ def test_microphone_shows_the_live_transcript(page: Page, base_url: str) -> None
     assert text.strip()
     page.click("#copy-live")
     assert text in page.evaluate("navigator.clipboard.readText()")
+
+
+def test_the_microphone_takes_the_realtime_model_and_its_text_streams_in(
+    page: Page, tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    """With a realtime model served next to the default one, /v1/models marks it `realtime`, the Microphone tab
+    selects it, and the fake microphone's words come back through it (deltas while speaking, then the
+    completed utterance)."""
+    realtime_dir = build_tiny_realtime_model(tmp_path / "voxtral-realtime-tiny")
+    with running_server(model=str(tiny_model_dir), models=str(realtime_dir)) as url:
+        listed = {m["id"]: m for m in httpx.get(f"{url}/v1/models").json()["data"]}
+        assert listed["voxtral-realtime-tiny"]["realtime"] is True and listed[MODEL]["realtime"] is False
+        page.goto(url)
+        expect(page.locator("#model")).to_have_value(MODEL)  # the default model, for files
+        expect(page.locator("#model-state")).to_contain_text("downloaded")
+        record_until_an_utterance_completes(page)
+        expect(page.locator("#model")).to_have_value("voxtral-realtime-tiny")
+        expect(page.locator("#model-state")).to_contain_text("live")
+        assert page.locator("#utterances li.done").first.inner_text().strip()
+        page.click("#record")
+        expect(page.locator("#mic-state")).to_have_text("Not recording")
 
 
 def test_a_server_error_is_shown_with_its_message(page: Page, base_url: str) -> None:

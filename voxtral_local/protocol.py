@@ -89,7 +89,7 @@ class TranscriptionVerbose(BaseModel):
 
 class Model(BaseModel):
     """`openai.types.Model`, plus extensions: what an alias means, whether the checkpoint is downloaded and
-    loaded, its size on disk and the memory it needs when loaded."""
+    loaded, its size on disk, the memory it needs when loaded, where it runs and whether it streams live."""
 
     id: str
     object: Literal["model"] = "model"
@@ -106,6 +106,11 @@ class Model(BaseModel):
     )
     backend: Literal["transformers", "vllm"] = Field(
         "transformers", description="Where it runs: in this process, or on the upstream vLLM servers."
+    )
+    realtime: bool = Field(
+        False,
+        description="A realtime model (Voxtral Realtime): on `/v1/realtime` its text streams while the audio "
+        "arrives; other models transcribe each utterance when it ends.",
     )
     upstreams: list[str] | None = Field(
         None, description="For a model on the upstreams: the URLs of those that are up and list it now."

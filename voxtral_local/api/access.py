@@ -216,7 +216,13 @@ class ApiKeyAuth:
         if scheme.lower() == "bearer" and hmac.compare_digest(token.strip().encode("latin-1"), self.key):
             await self.app(scope, receive, send)
             return
-        if scheme:
+        if offered is not None and not scheme:
+            message = (
+                "Incorrect API key provided in the `openai-insecure-api-key.<key>` WebSocket subprotocol: send "
+                "VOXTRAL_API_KEY's value."
+            )
+            challenge = 'Bearer error="invalid_token"'
+        elif scheme:
             message = "Incorrect API key provided: send VOXTRAL_API_KEY's value as `Authorization: Bearer <key>`."
             challenge = 'Bearer error="invalid_token"'
         else:

@@ -13,6 +13,7 @@ from ..models.catalog import ServedModel
 from ..models.registry import ModelRegistry
 from ..models.slots import Slot
 from ..protocol import Health, Model, ModelDeleted, ModelList, RunningModel, UpstreamHealth
+from ..services.realtime.service import is_realtime_model
 from .deps import ModelsDep, UpstreamsDep
 from .openapi import COMMON_ERRORS, error_responses
 from .workers import run_in_worker
@@ -37,6 +38,7 @@ def describe_model(
         size_bytes=state.size_bytes,
         memory_bytes=state.memory_bytes,
         backend=model.backend,
+        realtime=is_realtime_model(model) and not model.remote,
         upstreams=upstreams.serving(model.source) if model.remote and upstreams is not None else None,
     )
 

@@ -2,7 +2,7 @@
 
 import { $, apiKey, clearError, saveApiKey } from "./api.js";
 import { setUpMicrophone } from "./mic.js";
-import { loadModels, setUpModels } from "./models.js";
+import { loadModels, preferLiveModel, setUpModels } from "./models.js";
 import { setUpUpload } from "./upload.js";
 
 function setUpTabs() {
@@ -14,6 +14,7 @@ function setUpTabs() {
       other.tabIndex = selected ? 0 : -1;
       $(other.getAttribute("aria-controls")).hidden = !selected;
     }
+    if (tab.id === "tab-mic") preferLiveModel();
   };
   for (const tab of tabs) {
     tab.addEventListener("click", () => select(tab));

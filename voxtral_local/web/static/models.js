@@ -26,6 +26,7 @@ export function selectedLanguage() {
 
 function describe(model) {
   const parts = [model.downloaded ? "downloaded" : "not downloaded", model.loaded ? "loaded" : "not loaded"];
+  if (model.realtime) parts.push("live");
   if (model.backend === "vllm") parts.push("on the vLLM upstreams");
   return parts.join(", ");
 }
@@ -42,6 +43,17 @@ function showState() {
   $("model-state").textContent = `${model.id}: ${describe(model)}${size}${memory}`;
   $("pull-box").hidden = (model.downloaded && model.id !== pulled) || model.backend === "vllm";
   $("pull").hidden = model.downloaded;
+}
+
+/** On the Microphone tab: select a realtime model (its text streams while you speak) when the selected one
+ * is not, and one is served; the picker still takes any model (which then transcribes at each pause). */
+export function preferLiveModel() {
+  if (models.get(selectedModel())?.realtime) return;
+  const live = [...models.values()].find((model) => model.realtime && !model.alias_of);
+  if (live) {
+    $("model").value = live.id;
+    showState();
+  }
 }
 
 /** Reads GET /v1/models into the picker (served models first, then aliases, each saying its state). */
