@@ -158,6 +158,15 @@ def summary(out: Path) -> int:
             print(f"  {what:<40} {target:<22} {value:<16} {verdict}")
     else:
         print("benchmark: no bench.json")
+    live = out / "realtime.log"
+    rows = (
+        [json.loads(line) for line in live.read_text().splitlines() if line.startswith('{"sessions"')]
+        if live.is_file()
+        else []
+    )
+    for row in rows:
+        print(f"realtime {row['sessions']:>3} sessions: word delay p50 {row['word_delay_p50_s']} s, p99 "
+              f"{row['word_delay_p99_s']} s, behind {row['behind_events']}, real time {row['real_time']}")  # fmt: skip
     failed = [name for name, status, _ in steps if status != "ok"]
     tests_log = out / "tests.log"
     if "tests" not in failed and tests_log.is_file() and not re.search(r"\b\d+ passed\b", tests_log.read_text()):

@@ -5,7 +5,8 @@
 #                                        image lacks or has at another version into .whl/ (git-ignored); prints
 #                                        each carried file, its size, and a last line `total N MiB`
 #   scripts/device_check.sh              on the device machine: unpack .whl/, report versions and nvidia-smi,
-#                                        run the `gpu` tests, then the `full` benchmark; everything under $OUT
+#                                        run the `gpu` tests, the realtime benchmark (`small` realtime preset),
+#                                        then the `full` benchmark; everything under $OUT
 #   scripts/device_check.sh --cpu-smoke  here: the same steps on this CPU with the local .venv (`small` preset,
 #                                        short audio), so that the script cannot rot between GPU runs
 #
@@ -79,11 +80,13 @@ START=$SECONDS
 if [[ $MODE == device ]]; then
     PY=python3 BUDGET=${DEVICE_CHECK_SECONDS:-500}
     PRESET=full DURATIONS=30,300,1800 CONCURRENCY=8 TOKENS=100 TESTS_CAP=150
+    LIVE_SESSIONS=1,8,32 LIVE_SECONDS=10
     export GPU_TEST_DEVICE=cuda
 else
     PY=.venv/bin/python BUDGET=${DEVICE_CHECK_SECONDS:-600}
     CHECK_SITE=$("$PY" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')  # the checker checked
     PRESET=small DURATIONS=30,60 CONCURRENCY=2 TOKENS=40 TESTS_CAP=400
+    LIVE_SESSIONS=1 LIVE_SECONDS=4
     export GPU_TEST_DEVICE=cpu
 fi
 OUT=${OUT:-$(mktemp -d "${TMPDIR:-/tmp}/device-check.XXXXXX")}
@@ -149,6 +152,10 @@ step env 60 bash -c environment
 # The most valuable first: correctness on the device, then the figures (the benchmark writes its JSON after
 # every row, so a run cut short keeps what it measured).
 step tests "$TESTS_CAP" "$PY" -m pytest -q -rA -p no:cacheprovider -m gpu tests/test_gpu.py
+# Live transcription: simulated microphones on /v1/realtime with the `small` realtime preset (a short step;
+# its rows are the JSON lines of realtime.log: no file of its own, as the tool brings back 8 files at most).
+step realtime 120 "$PY" scripts/benchmark.py --realtime --preset small --sessions "$LIVE_SESSIONS" \
+    --seconds "$LIVE_SECONDS"
 # http first: the targets are its rows; native's 30-minute prompt is the slowest row, concurrent the least needed.
 step bench 600 "$PY" scripts/benchmark.py --preset "$PRESET" --durations "$DURATIONS" \
     --strategies http,engine,native,concurrent --concurrency "$CONCURRENCY" --tokens-per-30s "$TOKENS" \

@@ -104,7 +104,8 @@ def start_server(name: str, folder: Path, env: dict[str, str], threads: int | No
     prefix) and, if `threads`, that many CPU threads; its working directory is `folder` (no stray .env)."""
     port = free_port()
     full = {k: v for k, v in os.environ.items() if not k.startswith("VOXTRAL_")}
-    full.update(PYTHONPATH=str(ROOT), HF_HUB_OFFLINE="1", TRANSFORMERS_VERBOSITY="error")
+    path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)  # keep a carried site
+    full.update(PYTHONPATH=path, HF_HUB_OFFLINE="1", TRANSFORMERS_VERBOSITY="error")
     if threads:
         full.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
     settings = {"host": "127.0.0.1", "port": str(port), "log_level": "warning", **env}
