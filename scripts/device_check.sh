@@ -53,6 +53,8 @@ plan() {
     echo "left out (the device image has them): ${skipped[*]##*/}"
     "${pip[@]}" install -q --no-index --no-deps --no-compile --target "$cache/site" "${platforms[@]}" "${wheels[@]}" \
         || return 1
+    # silero-vad ships its model in eight formats (9 MiB); load_silero_vad() reads only the TorchScript one.
+    find "$cache/site/silero_vad/data" -type f ! -name silero_vad.jit ! -name '*.py' -delete 2>/dev/null || true
     # One xz stream of the installed tree is 52 MiB where the wheels themselves are 83 MB (PyAV's alone 35 MB).
     rm -f "$CARRY"/*
     echo "packing $(ls "$cache/site" | grep -c dist-info) distributions into $BUNDLE (xz: minutes)"
