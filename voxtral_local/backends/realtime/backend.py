@@ -34,8 +34,8 @@ logger = logging.getLogger(__name__)
 GREEDY = Sampling()
 DEFAULT_ROWS = 64  # rows per step when VOXTRAL_BATCH_SIZE is 0 (auto)
 NO_CHAT = (
-    "The model '{model}' is a realtime transcription model: it transcribes audio as it streams in and does not "
-    "chat. Use /v1/audio/transcriptions or /v1/realtime with it, or a standard Voxtral model for chat."
+    "The model '{model}' is a realtime model: it serves transcription only (/v1/audio/transcriptions and "
+    "/v1/realtime), with no chat, no translation and no `audio` instructions. Use a standard Voxtral model for those."
 )
 
 
