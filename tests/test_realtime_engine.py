@@ -268,6 +268,11 @@ def test_a_stream_the_model_ended_early_keeps_no_audio_and_ends_at_finish(
             live.feed(speech[:16000])
         assert live.pending_s == 0 and inner.incoming == [] and inner.end == end, "fed audio is not kept"
         assert not listener.done.is_set(), "on_done still waits for finish"
+        for _ in range(int(WAIT_S / 0.01)):
+            if inner.row is None:
+                break
+            threading.Event().wait(0.01)
+        assert inner.row is None, "its row is given back meanwhile"
         live.finish()
         output = listener.wait()
         assert output.token_ids == expected[:first_new] and output.finish_reason == "stop"

@@ -1,11 +1,11 @@
 """The realtime backend's one decode thread: each step decodes every row-holding stream whose next audio is
 there, in one batched forward (`Stepper.step`).
 
-At most `max_rows` streams hold a cache row at once. A stream takes a row on its first step and keeps it until
-it ends; streams that wait for one take rows as they free up, live streams before file chunks (so live sessions
-stay real time while an upload runs), file chunks in the order they came. When no stream is open the caches
-are dropped, so memory goes back down after a burst. Listener callbacks run on this thread; one that
-raises is logged and does not stop the others.
+At most `max_rows` streams hold a cache row at once. A stream takes a row on its first step and keeps it until it
+ends (or the model ended it early); streams that wait for one take rows as they free up, live streams before file
+chunks (so live sessions stay real time while an upload runs), file chunks in the order they came. When no stream
+is open the caches are dropped, so memory goes back down after a burst. Listener callbacks run on this thread;
+one that raises is logged and does not stop the others.
 """
 
 from __future__ import annotations
@@ -82,6 +82,9 @@ class Engine:
                 ending = [s for s in self.streams if s.cancelled or (s.done and s.total is not None)]
                 for stream in ending:
                     self._remove(stream)
+                for stream in self.streams:
+                    if stream.done and stream.row is not None:  # ended early: it waits for `finish` without a row
+                        self._release(stream)
                 batch = self._batch()
                 self._assign_rows(batch)
                 rows = self.rows
@@ -94,7 +97,8 @@ class Engine:
             self._tell_done(stream, None, False, ModelUnavailableError("The model was unloaded while this stream ran."))
 
     def _work(self) -> bool:
-        return any(s.cancelled or (s.done and s.total is not None) for s in self.streams) or bool(self._batch())
+        ending = any(s.cancelled or (s.done and (s.total is not None or s.row is not None)) for s in self.streams)
+        return ending or bool(self._batch())
 
     def _batch(self) -> list[Stream]:
         """The next step's streams (under the lock): the ready row holders, then ready waiting streams as rows
@@ -112,13 +116,17 @@ class Engine:
         """Take `stream` off (under the lock) and give back its row."""
         self.streams.remove(stream)
         self.watchers = [w for w in self.watchers if w.stream is not stream]
+        self._release(stream)
+        if not self.streams:
+            self.stepper.reset()
+            self.free_rows, self.rows = [], 0
+
+    def _release(self, stream: Stream) -> None:
+        """Give back `stream`'s row, if it holds one (under the lock)."""
         if stream.row is not None:
             self.stepper.clear(stream.row)
             self.free_rows.append(stream.row)
             stream.row = None
-        if not self.streams:
-            self.stepper.reset()
-            self.free_rows, self.rows = [], 0
 
     def _assign_rows(self, batch: list[Stream]) -> None:
         """Give the streams of `batch` without a row one (under the lock; the row count grows, doubling, up to
