@@ -200,16 +200,129 @@ def test_finishing_a_stream_with_no_audio_decodes_the_padding_only(backend: Real
     assert output.audio_tokens == backend.layout.total_steps(0)  # type: ignore[union-attr]
 
 
-def test_a_stream_fed_faster_than_it_decodes_is_told_it_is_behind_and_loses_nothing(
-    realtime_dir: Path, speech: np.ndarray
-) -> None:
+def test_audio_sent_ahead_of_real_time_is_not_behind_and_loses_nothing(realtime_dir: Path, speech: np.ndarray) -> None:
     backend = make(realtime_dir, realtime_lag_s=0.5)
     try:
         expected = reference(backend, speech)
-        listener = stream(backend, speech, [speech.size])
+        listener = stream(backend, speech, [speech.size])  # 6.5 s at once, on an idle engine
         output = listener.wait()
-        assert len(listener.behind) == 1 and listener.behind[0] > 0.5, "told once, with how far behind"
+        assert listener.behind == [], "a client ahead of real time is not a server behind it"
         assert output.token_ids == expected, "nothing was dropped"
+    finally:
+        backend.unload()
+
+
+def test_a_stream_at_real_time_pace_on_an_engine_too_slow_for_it_is_told_it_is_behind(
+    realtime_dir: Path, speech: np.ndarray
+) -> None:
+    backend = make(realtime_dir, realtime_lag_s=0.3)
+    try:
+        backend.load()
+        assert backend.engine is not None
+        stepper = backend.engine.stepper
+        step, feeding = stepper.step, threading.Event()
+
+        def slow_step(rows: list[int], steps: list[int], *args: Any) -> torch.Tensor:
+            if feeding.is_set() and min(steps) >= 30:  # from its first own audio on: 80 ms of audio per 200 ms
+                threading.Event().wait(0.2)
+            return step(rows, steps, *args)
+
+        stepper.step = slow_step  # type: ignore[method-assign,assignment]
+        listener = Listener()
+        live = backend.open_stream(language=None, listener=listener)
+        feeding.set()
+        for at in range(0, 24000, 1280):  # 1.5 s at real-time pace
+            live.feed(speech[at : at + 1280])
+            threading.Event().wait(0.08)
+        feeding.clear()
+        live.finish()
+        listener.wait()
+        assert len(listener.behind) == 1 and listener.behind[0] > 0.3, "told once, with how far behind"
+    finally:
+        backend.unload()
+
+
+def test_a_stream_the_model_ended_early_keeps_no_audio_and_ends_at_finish(
+    realtime_dir: Path, speech: np.ndarray
+) -> None:
+    backend = make(realtime_dir)
+    try:
+        expected = reference(backend, speech)
+        prompt = set(backend.layout.prompt)  # type: ignore[union-attr]
+        first_new = next(j for j in range(len(expected)) if expected[j] not in {*expected[:j], *prompt})
+        assert first_new < len(expected) - 20, "the tiny model says something new early"
+        head = backend.model.lm_head.weight  # this variant says end-of-sequence where it said that token
+        with torch.no_grad():
+            head[[expected[first_new], backend.eos_token_id]] = head[[backend.eos_token_id, expected[first_new]]]
+        listener = Listener()
+        live = backend.open_stream(language=None, listener=listener)
+        live.feed(speech)
+        inner = live.stream  # type: ignore[attr-defined]
+        for _ in range(int(WAIT_S / 0.01)):
+            if inner.stopped is not None:
+                break
+            threading.Event().wait(0.01)
+        assert inner.stopped == "stop"
+        end = inner.end
+        for _ in range(20):
+            live.feed(speech[:16000])
+        assert live.pending_s == 0 and inner.incoming == [] and inner.end == end, "fed audio is not kept"
+        assert not listener.done.is_set(), "on_done still waits for finish"
+        for _ in range(int(WAIT_S / 0.01)):
+            if inner.row is None:
+                break
+            threading.Event().wait(0.01)
+        assert inner.row is None, "its row is given back meanwhile"
+        live.finish()
+        output = listener.wait()
+        assert output.token_ids == expected[:first_new] and output.finish_reason == "stop"
+        assert output.text == "".join(text for text, _ in listener.deltas)
+    finally:
+        backend.unload()
+
+
+def test_rows_stay_within_the_batch_size_and_live_streams_go_first(realtime_dir: Path, speech: np.ndarray) -> None:
+    backend = make(realtime_dir, batch_size=4)
+    try:
+        chunks = [speech[i * 8000 : (i + 1) * 8000] for i in range(12)]  # 0.5 s each
+        expected = [reference(backend, c) for c in chunks]
+        assert backend.engine is not None
+        engine, stepper = backend.engine, backend.engine.stepper
+        step = stepper.step
+        forwards: list[list[tuple[bool, int, int | None, int]]] = []  # per forward: (live, index, row, step)
+
+        def recording_step(*args: Any) -> torch.Tensor:
+            forwards.append([(s.live, s.index, s.row, s.step) for s in list(engine.streams)])
+            assert len(args[0]) <= 4 and engine.rows <= 4 and stepper.encoder_cache.rows <= 4
+            return step(*args)
+
+        stepper.step = recording_step  # type: ignore[method-assign,assignment]
+        listener = Listener()
+        opened: list[Any] = []
+
+        def later() -> Iterator[list[np.ndarray]]:
+            opened.append(backend.open_stream(language=None, listener=listener))
+            opened[0].feed(speech)  # 6.5 s ready at once: it could step every forward
+            yield chunks[4:]
+
+        outputs = backend.transcribe(chunks[:4], language=None, more=later())
+        assert [o.token_ids for o in outputs] == expected
+        assert engine.rows <= 4 and stepper.encoder_cache.rows <= 4
+        opened[0].finish()
+        listener.wait()
+        live = [
+            (f, next(e for e in streams if e[0])) for f, streams in enumerate(forwards) if any(e[0] for e in streams)
+        ]
+        holding = [(f, entry[3]) for f, entry in live if entry[2] is not None]
+        assert holding, "the live stream got a row"
+        first = holding[0][0]
+        assert not any(e[1] >= 4 and e[2] is not None and not e[0] for e in forwards[first]), "live before chunks"
+        layout = backend.layout
+        assert layout is not None
+        ready_steps = sum(1 for t in range(10_000) if layout.ready_end(t) <= layout.audio_start + speech.size)
+        stepped = [s for _, s in holding if s < ready_steps]
+        assert stepped == list(range(stepped[0], stepped[0] + len(stepped))), "stepped every forward while chunks wait"
+        assert any(e[2] is None and not e[0] for f in forwards[first:] for e in f), "while chunks wait for rows"
     finally:
         backend.unload()
 

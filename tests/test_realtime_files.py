@@ -68,7 +68,12 @@ def test_a_streamed_file_gives_deltas_that_join_to_the_text(client: OpenAI) -> N
     assert len(deltas) > 3 and all(e.type == "transcript.text.delta" and e.delta for e in deltas)
     assert done.type == "transcript.text.done"
     assert done.text == "".join(e.delta for e in deltas) == transcribe(client).text  # type: ignore[attr-defined]
-    assert done.usage.output_tokens > 0
+    usage = done.usage
+    assert usage.output_tokens > 0
+    details = usage.input_token_details
+    assert details.audio_tokens > 0 and details.text_tokens > 0, "the audio tokens read and the prefix's tokens"
+    assert usage.input_tokens == details.audio_tokens + details.text_tokens
+    assert usage.total_tokens == usage.input_tokens + usage.output_tokens
 
 
 def test_the_realtime_model_is_listed_and_loaded_like_any_other(realtime_url: str, client: OpenAI) -> None:
@@ -94,4 +99,4 @@ def test_a_chat_with_the_realtime_model_is_a_clean_400(client: OpenAI) -> None:
         client.chat.completions.create(model=ALIAS, messages=[{"role": "user", "content": "Hello"}])
     error = info.value.response.json()["error"]
     assert error["code"] == "model_cannot_chat" and error["type"] == "invalid_request_error"
-    assert "realtime" in error["message"] and error["param"] == "model"
+    assert "realtime" in error["message"] and "transcription only" in error["message"] and error["param"] == "model"

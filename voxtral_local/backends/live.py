@@ -34,8 +34,11 @@ class LiveListener(Protocol):
         ...
 
     def on_behind(self, behind_s: float) -> None:
-        """The stream's audio waits `behind_s` seconds (audio time) to be decoded: more than VOXTRAL_REALTIME_LAG_S,
-        so it is falling behind real time. Told again only after it caught up. Nothing is dropped."""
+        """The decoding lags the audio by `behind_s` seconds of wall time, more than VOXTRAL_REALTIME_LAG_S: each
+        fed piece is due at real-time pace from its arrival (or from the previous piece's due end, if later),
+        and the oldest sample not decoded yet was due `behind_s` ago. So a client that sends audio ahead of
+        real time (a whole file at once) is not told; an engine slower than the audio arrives is. Told again
+        only after it caught up (under half the lag). Nothing is dropped."""
         ...
 
     def on_done(self, output: ChunkOutput | None, error: BaseException | None) -> None:
@@ -61,7 +64,8 @@ class LiveStream(Protocol):
 
     @property
     def pending_s(self) -> float:
-        """Seconds of fed audio not decoded yet (what the realtime service throttles its socket on)."""
+        """Seconds of fed audio not decoded yet (what the realtime service throttles its socket on); 0 once the
+        model ended the utterance early (end-of-sequence): audio fed after that is not kept."""
         ...
 
 

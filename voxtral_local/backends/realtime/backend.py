@@ -34,8 +34,8 @@ logger = logging.getLogger(__name__)
 GREEDY = Sampling()
 DEFAULT_ROWS = 64  # rows per step when VOXTRAL_BATCH_SIZE is 0 (auto)
 NO_CHAT = (
-    "The model '{model}' is a realtime transcription model: it transcribes audio as it streams in and does not "
-    "chat. Use /v1/audio/transcriptions or /v1/realtime with it, or a standard Voxtral model for chat."
+    "The model '{model}' is a realtime model: it serves transcription only (/v1/audio/transcriptions and "
+    "/v1/realtime), with no chat, no translation and no `audio` instructions. Use a standard Voxtral model for those."
 )
 
 
@@ -95,17 +95,17 @@ class RealtimeBackend:
                 )
                 model.to(device).eval()
                 layout = StreamLayout.from_processor(processor)
+                self._serve(model, processor, layout)
             except Exception as exc:  # any failure to load means "unavailable", with the reason
                 logger.exception("could not load %s", self.path)
                 reason = f"The model '{self.model_id}' could not be loaded: {type(exc).__name__}: {exc}"
                 raise ModelUnavailableError(shorten(reason, 1000)) from exc
-            self._serve(model, processor, layout)
 
     def _serve(self, model: Any, processor: Any, layout: StreamLayout) -> None:
         rows = self.settings.batch_size or DEFAULT_ROWS
-        engine = Engine(
-            Stepper(model, processor, layout), layout, eos_token_id=int(processor.tokenizer.eos_token_id), max_rows=rows
-        )
+        stepper = Stepper(model, processor, layout)
+        warm_up(stepper, layout)
+        engine = Engine(stepper, layout, eos_token_id=int(processor.tokenizer.eos_token_id), max_rows=rows)
         engine.start()
         self.processor, self.layout, self.device, self.dtype = processor, layout, model.device, model.dtype
         self.engine = engine
@@ -289,3 +289,14 @@ class RealtimeBackend:
     def prompt_tokens(self, conversation: Conversation) -> int:
         """A realtime model does not chat: InvalidRequestError."""
         raise InvalidRequestError(NO_CHAT.format(model=self.model_id), param="model", code="model_cannot_chat")
+
+
+def warm_up(stepper: Stepper, layout: StreamLayout) -> None:
+    """One step of one row on silence, then the caches dropped: the first forward's one-time costs (kernel
+    selection, allocator pools, lazy initialisation; a second or more on a GPU) are paid at load, not by the
+    first live session's first words."""
+    stepper.allocate(1)
+    try:
+        stepper.step([0], [0], [layout.prompt[0]], np.zeros((1, layout.window), dtype=np.float32))
+    finally:
+        stepper.reset()

@@ -67,7 +67,7 @@ class RingCache:
 
     def clear(self, row: int) -> None:
         """Forget what row `row` holds (a stream ended; the row may be taken again)."""
-        if self.positions is not None:
+        if self.positions is not None and row < self.rows:  # a row whose buffers were never grown holds nothing
             self.positions[row] = -1
 
     def reset(self) -> None:
@@ -136,7 +136,7 @@ class ConvCache:
 
     def clear(self, row: int) -> None:
         """Zero row `row`'s context (a stream ended)."""
-        if self.state is not None:
+        if self.state is not None and row < self.state.shape[0]:
             self.state[row] = 0
 
     def reset(self) -> None:

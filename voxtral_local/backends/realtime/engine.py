@@ -1,9 +1,11 @@
-"""The realtime backend's one decode thread: each step decodes every open stream whose next audio is there, in
-one batched forward (`Stepper.step`), at most `max_rows` of them (the least recently stepped first).
+"""The realtime backend's one decode thread: each step decodes every row-holding stream whose next audio is
+there, in one batched forward (`Stepper.step`).
 
-A stream takes a cache row on its first step and gives it back when it ends; when no stream is open the
-caches are dropped, so memory goes back down after a burst. Listener callbacks run on this thread; one that
-raises is logged and does not stop the others.
+At most `max_rows` streams hold a cache row at once. A stream takes a row on its first step and keeps it until it
+ends (or the model ended it early); streams that wait for one take rows as they free up, live streams before file
+chunks (so live sessions stay real time while an upload runs), file chunks in the order they came. When no stream
+is open the caches are dropped, so memory goes back down after a burst. Listener callbacks run on this thread;
+one that raises is logged and does not stop the others.
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ class Engine:
         self.streams: list[Stream] = []
         self.free_rows: list[int] = []
         self.rows = 0  # rows the caches hold
-        self.steps = 0  # forwards run (the fairness clock)
+        self.steps = 0  # forwards run
         self.closed = False
         self.watchers: list[Any] = []  # live handles checked for falling behind after each step
         self.thread = threading.Thread(target=self._run, name="voxtral-realtime", daemon=True)
@@ -80,47 +82,69 @@ class Engine:
                 ending = [s for s in self.streams if s.cancelled or (s.done and s.total is not None)]
                 for stream in ending:
                     self._remove(stream)
-                batch = sorted((s for s in self.streams if s.ready()), key=lambda s: s.last_seen)[: self.max_rows]
+                for stream in self.streams:
+                    if stream.done and stream.row is not None:  # ended early: it waits for `finish` without a row
+                        self._release(stream)
+                batch = self._batch()
+                self._assign_rows(batch)
+                rows = self.rows
                 inputs = [s.take_window() for s in batch]
             for stream in ending:
                 self._tell_done(stream, None if stream.cancelled else stream.output(""), stream.cancelled)
             if batch:
-                self._step(batch, inputs)
+                self._step(batch, inputs, rows)
         for stream in abandoned:  # the model is being unloaded or the process exits
             self._tell_done(stream, None, False, ModelUnavailableError("The model was unloaded while this stream ran."))
 
     def _work(self) -> bool:
-        return any(s.cancelled or (s.done and s.total is not None) or s.ready() for s in self.streams)
+        ending = any(s.cancelled or (s.done and (s.total is not None or s.row is not None)) for s in self.streams)
+        return ending or bool(self._batch())
+
+    def _batch(self) -> list[Stream]:
+        """The next step's streams (under the lock): the ready row holders, then ready waiting streams as rows
+        are free (live ones first, then in the order they came)."""
+        holders = [s for s in self.streams if s.row is not None]
+        free = self.max_rows - len(holders)
+        batch = [s for s in holders if s.ready()]
+        if free > 0:
+            waiting = [s for s in self.streams if s.row is None and s.ready()]
+            waiting.sort(key=lambda s: not s.live)  # stable: file chunks stay in order
+            batch += waiting[:free]
+        return batch
 
     def _remove(self, stream: Stream) -> None:
         """Take `stream` off (under the lock) and give back its row."""
         self.streams.remove(stream)
         self.watchers = [w for w in self.watchers if w.stream is not stream]
-        if stream.row is not None:
-            self.stepper.clear(stream.row)
-            self.free_rows.append(stream.row)
-            stream.row = None
+        self._release(stream)
         if not self.streams:
             self.stepper.reset()
             self.free_rows, self.rows = [], 0
 
+    def _release(self, stream: Stream) -> None:
+        """Give back `stream`'s row, if it holds one (under the lock)."""
+        if stream.row is not None:
+            self.stepper.clear(stream.row)
+            self.free_rows.append(stream.row)
+            stream.row = None
+
     def _assign_rows(self, batch: list[Stream]) -> None:
+        """Give the streams of `batch` without a row one (under the lock; the row count grows, doubling, up to
+        `max_rows`: the buffers are grown by `_step`, outside the lock)."""
         for stream in batch:
             if stream.row is None:
                 if not self.free_rows:
-                    grown = max(4, 2 * self.rows)
+                    grown = min(self.max_rows, max(4, 2 * self.rows))
                     self.free_rows.extend(range(self.rows, grown))
                     self.rows = grown
-                    self.stepper.allocate(self.rows)
                 self.free_rows.sort(reverse=True)
                 stream.row = self.free_rows.pop()
 
-    def _step(self, batch: list[Stream], inputs: list[tuple[int, np.ndarray]]) -> None:
+    def _step(self, batch: list[Stream], inputs: list[tuple[int, np.ndarray]], rows_needed: int) -> None:
         self.steps += 1
         streams = batch
         try:
-            with self.cond:
-                self._assign_rows(batch)
+            self.stepper.allocate(rows_needed)
             order = sorted(range(len(batch)), key=lambda i: batch[i].row or 0)
             streams = [batch[i] for i in order]
             rows = [s.row for s in streams]
@@ -142,7 +166,6 @@ class Engine:
                 self._tell_done(stream, None, False, exc)
             return
         for stream, token, logprob in zip(streams, tokens, logprobs, strict=True):
-            stream.last_seen = self.steps
             try:
                 stream.stepped(token, logprob)
             except Exception:  # a listener that raises must not stop the others

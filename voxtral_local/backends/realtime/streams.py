@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import codecs
 import threading
+import time
+from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
@@ -40,8 +42,10 @@ class Stream:
         cap: int | None = None,
         temperature: float = 0.0,
         seed: int | None = None,
+        live: bool = False,
     ) -> None:
         self.engine = engine
+        self.live = live  # a live stream takes a free row before waiting file chunks
         layout: StreamLayout = engine.layout
         self.layout = layout
         self.on_token, self.on_done = on_token, on_done
@@ -60,26 +64,38 @@ class Stream:
         self.total: int | None = None  # steps to do, once finished
         self.row: int | None = None
         self.index = 0  # the chunk's index in a file job
-        self.last_seen = 0  # the engine's step counter when this stream last stepped (fairness)
         self.tokens: list[int] = []
         self.logprobs: list[float] = []
         self.stopped: FinishReason | None = None  # end-of-sequence or the cap ended its decoding
         self.cancelled = False
         self.closed = False  # told `on_done`
+        # (first padded sample, end, when it is due): fed pieces not fully read yet, each due at real-time pace
+        # from when it arrived or when the previous piece was due to end, whichever is later (see `behind_s`)
+        self.due: deque[tuple[int, int, float]] = deque()
+        self.due_end = 0.0  # when the last fed piece is due to end
 
     # -- callers' side (under the engine's lock) --
 
     def feed(self, samples: np.ndarray) -> None:
-        """Append float32 mono 16 kHz samples; ValueError after `finish` or `cancel`."""
+        """Append float32 mono 16 kHz samples; ValueError after `finish` or `cancel`. Once the model ended the
+        stream early (end-of-sequence, or the cap), the samples are counted but not kept: nothing decodes them."""
         audio = np.asarray(samples, dtype=np.float32).reshape(-1)
+        now = time.monotonic()
         with self.engine.cond:
             if self.total is not None or self.cancelled:
                 raise ValueError("this stream is finished or cancelled")
-            if audio.size:
-                self.incoming.append(audio)
-                self.end += audio.size
-                self.samples += audio.size
-                self.engine.cond.notify_all()
+            if not audio.size:
+                return
+            self.samples += audio.size
+            if self.stopped is not None:
+                return
+            start = self.end
+            self.end += audio.size
+            self.incoming.append(audio)
+            when = max(now, self.due_end)
+            self.due_end = when + audio.size / self.layout.sample_rate
+            self.due.append((start, self.end, when))
+            self.engine.cond.notify_all()
 
     def finish(self) -> None:
         """No more audio: the right padding follows, then `on_done`."""
@@ -94,12 +110,34 @@ class Stream:
             self.cancelled = True
             self.engine.cond.notify_all()
 
+    def _read_end(self) -> int:
+        """Padded samples the steps so far have read (the next step's first new samples start here)."""
+        layout = self.layout
+        return max(layout.ready_end(self.step) - layout.step_samples, layout.audio_start)
+
     @property
     def pending_s(self) -> float:
-        """Seconds of fed audio no step has read yet."""
-        layout = self.layout
-        read = max(layout.ready_end(self.step) - layout.step_samples, layout.audio_start)
-        return max(0, self.end - read) / layout.sample_rate
+        """Seconds of fed audio no step has read yet; 0 once the model ended the stream early."""
+        if self.stopped is not None:
+            return 0.0
+        return max(0, self.end - self._read_end()) / self.layout.sample_rate
+
+    def behind_s(self, now: float) -> float:
+        """Wall seconds (at `now`, `time.monotonic()`) by which the decoding lags the fed audio: how long ago
+        the oldest unread sample was due, each piece being due at real-time pace from its arrival (or from the
+        previous piece's due end, if later). 0 when every fed sample was read, or the stream stopped early.
+        A client that sends audio ahead of real time is so not counted as lag; an engine slower than real
+        time is. Called on the decode thread."""
+        if self.stopped is not None:
+            return 0.0
+        read = self._read_end()
+        due = self.due
+        while due and due[0][1] <= read:
+            due.popleft()
+        if not due:
+            return 0.0
+        start, _, when = due[0]
+        return max(0.0, now - (when + max(0, read - start) / self.layout.sample_rate))
 
     # -- the decode thread's side --
 
@@ -146,6 +184,10 @@ class Stream:
             self.logprobs.append(logprob)
             if self.cap is not None and len(self.tokens) >= self.cap:
                 self.stopped = "length"
+        if self.stopped is not None:  # no later step reads audio: let it go, and keep none fed from now on
+            with self.engine.cond:
+                self.incoming, self.buffer = [], self.buffer[:0]
+                self.due.clear()
         self.on_token(self, token, logprob)
 
     def audio_read_s(self) -> float:
@@ -164,7 +206,7 @@ class Stream:
             avg_logprob=float(np.mean(self.logprobs)) if self.logprobs else 0.0,
             no_speech_prob=0.0,
             finish_reason=self.stopped or "stop",
-            prompt_tokens=len(self.layout.prompt),
+            prompt_tokens=len(self.layout.prompt) + self.step,  # the prefix's text tokens and the audio tokens fed
             audio_tokens=self.step,
         )
 
@@ -204,7 +246,7 @@ class LiveStreamHandle:
         self.text = LiveText(token_bytes)
         self.behind = False
         self._lock = threading.Lock()
-        self.stream = Stream(engine, on_token=self._token, on_done=self._done)
+        self.stream = Stream(engine, on_token=self._token, on_done=self._done, live=True)
 
     def feed(self, samples: np.ndarray) -> None:
         """Append float32 mono 16 kHz samples, shape (n,); ValueError after `finish` or `cancel`."""
@@ -224,12 +266,13 @@ class LiveStreamHandle:
         return self.stream.pending_s
 
     def check_behind(self) -> None:
-        """Tell the listener when pending audio exceeds the lag (once, until it is back under half of it)."""
-        pending = self.stream.pending_s
-        if not self.behind and pending > self.lag_s:
+        """Tell the listener when the decoding lags the audio by more than the lag (`Stream.behind_s`; once,
+        until it is back under half of it)."""
+        lag = self.stream.behind_s(time.monotonic())
+        if not self.behind and lag > self.lag_s:
             self.behind = True
-            self.listener.on_behind(pending)
-        elif self.behind and pending <= self.lag_s / 2:
+            self.listener.on_behind(lag)
+        elif self.behind and lag <= self.lag_s / 2:
             self.behind = False
 
     def _token(self, stream: Stream, token: int, logprob: float) -> None:
