@@ -4,6 +4,7 @@ binary frames, and what OpenAI's clients send (no `intent`, OpenAI's model names
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import time
 from collections.abc import Callable
@@ -15,6 +16,7 @@ import numpy as np
 import pytest
 from websockets.exceptions import ConnectionClosed
 
+from voxtral_local.services.realtime import service as realtime_service
 from voxtral_local.services.transcription import TranscriptionRequest, TranscriptionResult
 from voxtral_local.testing.audio_files import silence, speak
 from voxtral_local.testing.tiny_realtime import build_tiny_realtime_model
@@ -157,3 +159,26 @@ def realtime_server(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Pa
 @pytest.fixture(scope="module")
 def sentence() -> np.ndarray:
     return speak("One two three four five.")
+
+
+def test_events_a_client_does_not_take_are_bounded(tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The service over a transport whose sends never finish (a peer that does not read, its socket buffers
+    full): the client's valid messages each queue an event, until the session ends with 1008."""
+    monkeypatch.setattr(realtime_service, "CLOSE_WAIT_S", 0.1)
+
+    async def run() -> tuple[int, str] | None:
+        never = asyncio.Event()
+
+        async def receive() -> str:
+            await asyncio.sleep(0)
+            return '{"type": "input_audio_buffer.clear"}'
+
+        async def send(text: str) -> None:
+            await never.wait()
+
+        return await service.serve(receive, send)
+
+    with running_server(model=str(tiny_model_dir)) as url:
+        service = APPS[url].state.realtime
+        assert asyncio.run(run()) == (1008, "too many unread events")
+        assert not service.sessions
