@@ -8,11 +8,9 @@ completed (a live stream still finishing the previous utterance while the next o
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
 import logging
 from collections import deque
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -41,7 +39,9 @@ from ...protocol_realtime import (
     new_id,
     parse_client_event,
 )
+from .audio import decode_append
 from .config import Form, SessionConfig
+from .stats import SessionEnded, SessionStats
 from .utterance import Utterance, UtteranceModel
 from .vad import RATE, SpeechAudio, SpeechDetector, SpeechEnd, SpeechStart
 
@@ -56,27 +56,6 @@ THROTTLE_POLL_S = 0.05
 MAX_QUEUED_EVENTS = 2000  # server events waiting for a client that does not read; beyond it the session ends
 MAX_BAD_MESSAGES = 100  # consecutive client messages that each got an `error` event; beyond it the session ends
 BIG_MESSAGE = 64 * 1024  # characters: a message this long is parsed on a worker thread
-WAV_MAGIC = (b"RIFF", b"RF64")
-
-
-class SessionEnded(Exception):
-    """The server ends the session: `code` and `reason` are the WebSocket close's."""
-
-    def __init__(self, code: int, reason: str) -> None:
-        super().__init__(reason)
-        self.code, self.reason = code, reason
-
-
-@dataclass
-class SessionStats:
-    """What the session has done, for logs and tests: audio received (seconds, at 16 kHz), the most
-    untranscribed audio it held (seconds), and how often it stopped reading to let the model catch up."""
-
-    received_s: float = 0.0
-    peak_pending_s: float = 0.0
-    throttled: int = 0
-    items: int = 0
-    errors: int = 0
 
 
 class RealtimeSession:
@@ -95,6 +74,7 @@ class RealtimeSession:
         self.ending: SessionEnded | None = None  # set when the server ends the session (`stopped` is then set)
         self.stopped = asyncio.Event()
         self._bad = 0  # consecutive messages answered with an `error` event
+        self._progress = 0  # transcription events so far (text produced: the model is getting on)
         self._received = 0  # session samples at 16 kHz
         self._resampler = StreamResampler(config.rate, RATE)
         self._detector: SpeechDetector | None = None
@@ -195,50 +175,31 @@ class RealtimeSession:
         self.emit(self.session_event("updated"))
 
     async def _append(self, event: AudioAppend) -> None:
-        samples = await asyncio.to_thread(self._decode, event.audio)  # megabytes of base64: off the event loop
+        # Megabytes of base64 are decoded and resampled off the event loop (one append at a time).
+        samples = await asyncio.to_thread(decode_append, event.audio, self._resampler)
         for start in range(0, samples.shape[0], SLICE_SAMPLES):
             await self._throttle()
             if self.closed or self.ending is not None:
                 return
             await self._take(samples[start : start + SLICE_SAMPLES])
 
-    def _decode(self, audio: str) -> np.ndarray:
-        """An append's base64 PCM16 as float32 at 16 kHz (on a worker thread; one append at a time)."""
-        try:
-            data = base64.b64decode(audio, validate=True)
-        except (binascii.Error, ValueError) as exc:
-            raise InvalidRequestError("`audio` is not valid base64.", param="audio", code="invalid_base64") from exc
-        if data[:4] in WAV_MAGIC and data[8:12] == b"WAVE":
-            raise InvalidRequestError(
-                "`audio` starts with a WAV header: send raw PCM16 mono little-endian samples, without the header.",
-                param="audio",
-                code="invalid_audio",
-            )
-        if len(data) % 2:
-            raise InvalidRequestError(
-                f"`audio` holds {len(data)} bytes: PCM16 audio has an even number of bytes.",
-                param="audio",
-                code="invalid_audio",
-            )
-        return self._resampler(np.frombuffer(data, dtype="<i2").astype(np.float32) / 32768.0)
-
     async def _throttle(self) -> None:
         """Wait while the untranscribed audio exceeds VOXTRAL_REALTIME_MAX_AHEAD_S (nothing is read meanwhile).
         The wait ends when the session closes or ends, and ends the session (`session_idle_timeout`) when the
-        model makes no progress for VOXTRAL_REALTIME_IDLE_TIMEOUT_S."""
+        model makes no progress (no audio decoded, no text produced) for VOXTRAL_REALTIME_IDLE_TIMEOUT_S."""
         limit = self.service.settings.realtime_max_ahead_s
         if self.pending_s <= limit:
             return
         self.stats.throttled += 1
         loop = asyncio.get_running_loop()
         patience = self.service.settings.realtime_idle_timeout_s
-        least, deadline = self.pending_s, loop.time() + patience
+        least, progress, deadline = self.pending_s, self._progress, loop.time() + patience
         while not self.closed and self.ending is None:
             pending = self.pending_s
             if pending <= limit:
                 return
-            if pending < least:  # the model is getting on
-                least, deadline = pending, loop.time() + patience
+            if pending < least or self._progress != progress:  # the model is getting on
+                least, progress, deadline = min(pending, least), self._progress, loop.time() + patience
             elif loop.time() >= deadline:
                 stalled = SessionIdleError(
                     f"The transcription made no progress for {patience:g} s (VOXTRAL_REALTIME_IDLE_TIMEOUT_S) "
@@ -395,6 +356,7 @@ class RealtimeSession:
         self.emit(error_event(BehindRealTimeError(message)))
 
     def _item_event(self, item_id: str, event: ServerEvent, last: bool = False) -> None:
+        self._progress += 1
         if last:
             self._starts.pop(item_id, None)
         if self.closed or item_id not in self._order:
