@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import logging
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -35,7 +36,10 @@ def wait_for(condition: Callable[[], bool], what: str, limit_s: float = 60) -> N
         time.sleep(0.05)
 
 
-def test_a_client_flooding_junk_without_reading_is_closed(tiny_model_dir: Path) -> None:
+def test_a_client_flooding_junk_without_reading_is_closed(
+    tiny_model_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="voxtral_local.requests")
     with running_server(model=str(tiny_model_dir)) as url:
         sessions = APPS[url].state.realtime.sessions
         with open_session(url) as ws:
@@ -51,6 +55,8 @@ def test_a_client_flooding_junk_without_reading_is_closed(tiny_model_dir: Path) 
             assert closed.value.rcvd.reason == "too many bad messages"
         wait_for(lambda: not sessions, "the session was not closed")
         assert httpx.get(f"{url}/health", timeout=30).status_code == 200
+        ended = [r.getMessage() for r in caplog.records if r.getMessage().startswith("realtime session=")]
+        assert len(ended) == 1 and "errors=100 " in ended[0] and ended[0].endswith("ended='too many bad messages'")
         with open_session(url) as ws:  # the server takes new sessions
             assert receive(ws)["type"] == "transcription_session.created"
 
