@@ -152,6 +152,9 @@ BAD_MESSAGES = [
     ('{"type": "session.update", "session": {"type": "transcription", "audio": {"input": {"format": '
      '{"type": "audio/pcm", "rate": 44100}}}}}', "unsupported_format", "session.audio.input.format.rate"),
     ('{"type": "session.update", "session": {"type": "realtime"}}', "invalid_value", "session.type"),
+    ('{"type": "transcription_session.update", "session": {"include": ["item.input_audio_transcription.logprobs"]}}',
+     "invalid_value", "session.include"),
+    ('{"type": "input_audio_buffer.append", "audio": "UklGRiQAAABXQVZFZm10IA=="}', "invalid_audio", "audio"),  # WAV
 ]  # fmt: skip
 
 
@@ -243,6 +246,8 @@ def test_a_client_sending_faster_than_real_time_is_throttled(tiny_model_dir: Pat
         sender.start()
         events = receive_until(ws, count(COMPLETED, len(parts) // 2))
         sender.join()
+        send(ws, {"type": "input_audio_buffer.clear"})  # answered once every append before it is taken
+        receive_until(ws, count("input_audio_buffer.cleared", 1))
         stats = session.stats
     assert stats.throttled >= 1
     assert stats.peak_pending_s <= max_ahead + longest + 1.0 + 0.1

@@ -200,6 +200,14 @@ class Settings(BaseSettings):
         "it the server stops reading that socket until the model catches up (a client sending faster than real "
         "time is throttled, not buffered without bound).",
     )
+    realtime_max_utterance_s: float = Field(
+        300.0,
+        gt=0,
+        description="Seconds of audio one `/v1/realtime` utterance may hold in memory before it is transcribed (a "
+        "standard model transcribes an utterance when it ends): at the limit it is committed, with an "
+        "`audio_too_long` error event, and the audio after it goes on in a new item. Realtime models stream and "
+        "are bounded by VOXTRAL_MAX_AUDIO_MINUTES only.",
+    )
     realtime_lag_s: float = Field(
         2.0,
         gt=0,

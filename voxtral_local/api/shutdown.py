@@ -39,6 +39,9 @@ FORCED_ANSWER_SECONDS = 2.0
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
+WS_MAX_SIZE = 16 * 1024 * 1024  # bytes per WebSocket message: OpenAI takes appends of up to 15 MiB of base64
+
+
 class DrainingServer(uvicorn.Server):
     """uvicorn's server, telling the app's `InFlight` when a shutdown begins and when its time is up."""
 
@@ -84,6 +87,7 @@ def serve(app: FastAPI, settings: Settings, **options: Any) -> None:
         port=settings.port,
         log_level=settings.log_level,
         timeout_graceful_shutdown=math.ceil(settings.shutdown_timeout + GRACE_SECONDS),
+        ws_max_size=WS_MAX_SIZE,
         **options,
     )
     server = DrainingServer(config, app.state.inflight, settings.shutdown_timeout)

@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Any, Literal
 
-from ...errors import InvalidRequestError
+from ...errors import InvalidRequestError, quote
 from ...languages import normalize_language
 from ...protocol_realtime import (
     DEFAULT_PREFIX_PADDING_MS,
@@ -49,8 +49,8 @@ class SessionConfig:
     def updated(self, event: TranscriptionSessionUpdate | SessionUpdate) -> SessionConfig:
         """This configuration with the update's fields applied (fields left out stay as they are). Raises
         InvalidRequestError (`param` names the field) for what is not served: a G.711 format, a rate other
-        than 24000/16000, `semantic_vad`, a realtime (speech-to-speech) session, a language that is no ISO
-        639-1 code."""
+        than 24000/16000, `semantic_vad`, any `include` entry, a realtime (speech-to-speech) session, a
+        language that is no ISO 639-1 code."""
         config = self
         if isinstance(event, TranscriptionSessionUpdate):
             session = event.session
@@ -67,7 +67,7 @@ class SessionConfig:
             if "turn_detection" in fields:
                 config = replace(config, vad=_vad(session.turn_detection, self.vad, "session.turn_detection"))
             if session.include is not None:
-                config = replace(config, include=tuple(session.include))
+                config = replace(config, include=_include(session.include))
             return config
         ga = event.session
         if ga.type != "transcription":
@@ -78,7 +78,7 @@ class SessionConfig:
                 code="invalid_value",
             )
         if ga.include is not None:
-            config = replace(config, include=tuple(ga.include))
+            config = replace(config, include=_include(ga.include))
         audio_in = ga.audio.input if ga.audio is not None else None
         if audio_in is None:
             return config
@@ -159,6 +159,19 @@ class SessionConfig:
             },
             "include": list(self.include),
         }
+
+
+def _include(given: list[str]) -> tuple[str, ...]:
+    """`include`: nothing extra is served (Voxtral's transcripts come without log probabilities), so any
+    entry, `item.input_audio_transcription.logprobs` included, is refused rather than silently ignored."""
+    if given:
+        raise InvalidRequestError(
+            f"`include` {quote(given[0])} is not served: this server sends no log probabilities; leave `include` "
+            "empty.",
+            param="session.include",
+            code="invalid_value",
+        )
+    return ()
 
 
 def _vad(given: TurnDetection | None, current: VadConfig | None, param: str) -> VadConfig | None:

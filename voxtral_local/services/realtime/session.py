@@ -8,17 +8,15 @@ completed (a live stream still finishing the previous utterance while the next o
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
 import logging
 from collections import deque
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import TYPE_CHECKING
 
 import numpy as np
 
 from ...audio.resampling import StreamResampler
-from ...errors import BehindRealTimeError, InvalidRequestError, VoxtralError
+from ...errors import BehindRealTimeError, InvalidRequestError, SessionIdleError, VoxtralError
 from ...protocol_realtime import (
     AudioAppend,
     AudioClear,
@@ -41,7 +39,9 @@ from ...protocol_realtime import (
     new_id,
     parse_client_event,
 )
+from .audio import decode_append
 from .config import Form, SessionConfig
+from .stats import SessionEnded, SessionStats
 from .utterance import Utterance, UtteranceModel
 from .vad import RATE, SpeechAudio, SpeechDetector, SpeechEnd, SpeechStart
 
@@ -53,16 +53,9 @@ logger = logging.getLogger(__name__)
 SLICE_SAMPLES = RATE  # an append's audio is taken a second at a time, throttled between
 MIN_COMMIT_SAMPLES = RATE // 10  # OpenAI refuses to commit less than 100 ms
 THROTTLE_POLL_S = 0.05
-
-
-@dataclass
-class SessionStats:
-    """What the session has done, for logs and tests: audio received (seconds, at 16 kHz), the most
-    untranscribed audio it held (seconds), and how often it stopped reading to let the model catch up."""
-
-    received_s: float = 0.0
-    peak_pending_s: float = 0.0
-    throttled: int = 0
+MAX_QUEUED_EVENTS = 2000  # server events waiting for a client that does not read; beyond it the session ends
+MAX_BAD_MESSAGES = 100  # consecutive client messages that each got an `error` event; beyond it the session ends
+BIG_MESSAGE = 64 * 1024  # characters: a message this long is parsed on a worker thread
 
 
 class RealtimeSession:
@@ -78,6 +71,10 @@ class RealtimeSession:
         self.events: asyncio.Queue[ServerEvent | None] = asyncio.Queue()
         self.stats = SessionStats()
         self.closed = False
+        self.ending: SessionEnded | None = None  # set when the server ends the session (`stopped` is then set)
+        self.stopped = asyncio.Event()
+        self._bad = 0  # consecutive messages answered with an `error` event
+        self._progress = 0  # transcription events so far (text produced: the model is getting on)
         self._received = 0  # session samples at 16 kHz
         self._resampler = StreamResampler(config.rate, RATE)
         self._detector: SpeechDetector | None = None
@@ -91,8 +88,21 @@ class RealtimeSession:
     # ---- the client's events ----
 
     def emit(self, event: ServerEvent) -> None:
-        """Queue a server event."""
+        """Queue a server event. A client that lets MAX_QUEUED_EVENTS pile up unread ends the session."""
+        if self.ending is not None or self.closed:
+            return
+        if self.events.qsize() >= MAX_QUEUED_EVENTS:
+            self.end(1008, "too many unread events")
+            return
+        if event.type == "error":
+            self.stats.errors += 1
         self.events.put_nowait(event)
+
+    def end(self, code: int, reason: str) -> None:
+        """The server ends the session: the transport closes the socket with `code` and `reason`."""
+        if self.ending is None:
+            self.ending = SessionEnded(code, reason)
+            self.stopped.set()
 
     def session_event(self, kind: str) -> SessionEvent:
         """`created` or `updated` in the session's form, with its effective configuration."""
@@ -100,10 +110,27 @@ class RealtimeSession:
         return SessionEvent(type=f"{prefix}.{kind}", session=self.config.render(self.form, self.id))
 
     async def handle(self, message: str | bytes) -> None:
-        """Deal with one client message. A bad one gets an `error` event; the session goes on."""
+        """Deal with one client message. A bad one gets an `error` event and the session goes on, unless
+        MAX_BAD_MESSAGES come in a row (then it ends)."""
+        errors = self.stats.errors
+        await self._handle(message)
+        self._bad = self._bad + 1 if self.stats.errors > errors else 0
+        if self._bad >= MAX_BAD_MESSAGES:
+            self.end(1008, "too many bad messages")
+
+    async def _handle(self, message: str | bytes) -> None:
         event_id: str | None = None
         try:
-            event = parse_client_event(message)
+            if isinstance(message, bytes):
+                raise ClientEventError(
+                    "Binary WebSocket messages are not taken: send each event as a JSON text message "
+                    "(audio base64-encoded in `input_audio_buffer.append`).",
+                    code="invalid_json",
+                )
+            if len(message) > BIG_MESSAGE:  # parsing megabytes would hold up every session's events
+                event = await asyncio.to_thread(parse_client_event, message)
+            else:
+                event = parse_client_event(message)
             event_id = event.event_id
             if isinstance(event, AudioAppend):
                 await self._append(event)
@@ -135,8 +162,10 @@ class RealtimeSession:
         if config.rate != self.config.rate:
             self._resampler = StreamResampler(config.rate, RATE)
         if config.vad != self.config.vad:
-            self._detector = None  # made afresh, with the new knobs, for the next audio
+            detector, self._detector = self._detector, None  # made afresh, with the new knobs, for the next audio
             current = self._current
+            if config.vad is None and current is not None and detector is not None:
+                self._feed(detector.take_held(), -1)  # the audio it had not looked at yet stays in the item
             if config.vad is not None and current is not None:  # the new detector starts outside speech
                 if current.samples >= MIN_COMMIT_SAMPLES:
                     self._finish_current()
@@ -146,30 +175,39 @@ class RealtimeSession:
         self.emit(self.session_event("updated"))
 
     async def _append(self, event: AudioAppend) -> None:
-        try:
-            data = base64.b64decode(event.audio, validate=True)
-        except (binascii.Error, ValueError) as exc:
-            raise InvalidRequestError("`audio` is not valid base64.", param="audio", code="invalid_base64") from exc
-        if len(data) % 2:
-            raise InvalidRequestError(
-                f"`audio` holds {len(data)} bytes: PCM16 audio has an even number of bytes.",
-                param="audio",
-                code="invalid_audio",
-            )
-        samples = self._resampler(np.frombuffer(data, dtype="<i2").astype(np.float32) / 32768.0)
+        # Megabytes of base64 are decoded and resampled off the event loop (one append at a time).
+        samples = await asyncio.to_thread(decode_append, event.audio, self._resampler)
         for start in range(0, samples.shape[0], SLICE_SAMPLES):
             await self._throttle()
-            if self.closed:
+            if self.closed or self.ending is not None:
                 return
             await self._take(samples[start : start + SLICE_SAMPLES])
 
     async def _throttle(self) -> None:
-        """Wait while the untranscribed audio exceeds VOXTRAL_REALTIME_MAX_AHEAD_S (nothing is read meanwhile)."""
+        """Wait while the untranscribed audio exceeds VOXTRAL_REALTIME_MAX_AHEAD_S (nothing is read meanwhile).
+        The wait ends when the session closes or ends, and ends the session (`session_idle_timeout`) when the
+        model makes no progress (no audio decoded, no text produced) for VOXTRAL_REALTIME_IDLE_TIMEOUT_S."""
         limit = self.service.settings.realtime_max_ahead_s
         if self.pending_s <= limit:
             return
         self.stats.throttled += 1
-        while self.pending_s > limit and not self.closed:
+        loop = asyncio.get_running_loop()
+        patience = self.service.settings.realtime_idle_timeout_s
+        least, progress, deadline = self.pending_s, self._progress, loop.time() + patience
+        while not self.closed and self.ending is None:
+            pending = self.pending_s
+            if pending <= limit:
+                return
+            if pending < least or self._progress != progress:  # the model is getting on
+                least, progress, deadline = min(pending, least), self._progress, loop.time() + patience
+            elif loop.time() >= deadline:
+                stalled = SessionIdleError(
+                    f"The transcription made no progress for {patience:g} s (VOXTRAL_REALTIME_IDLE_TIMEOUT_S) "
+                    "while the session waited for it; the session is closed."
+                )
+                self.emit(error_event(stalled))
+                self.end(1011, "transcription stalled")
+                return
             await asyncio.sleep(THROTTLE_POLL_S)
 
     async def _take(self, samples: np.ndarray) -> None:
@@ -189,7 +227,7 @@ class RealtimeSession:
                 self.emit(SpeechStarted(audio_start_ms=_ms(found.position), item_id=utterance.item_id))
                 self._feed(found.audio, found.position)
             elif isinstance(found, SpeechAudio) and self._current is not None:
-                self._feed(found.audio, -1)
+                self._feed(found.audio, -1)  # goes on where the item's audio ends
             elif isinstance(found, SpeechEnd) and self._current is not None and not self._current.samples:
                 self._drop_current()  # an item begun at a cut that the speech's end left empty
             elif isinstance(found, SpeechEnd) and self._current is not None:
@@ -199,31 +237,44 @@ class RealtimeSession:
 
     def _feed(self, samples: np.ndarray, position: int) -> None:
         """Into the current utterance (started if there is none); `position`: the session sample of
-        `samples[0]` (-1: not known, the utterance has begun already). An utterance that reaches
-        VOXTRAL_MAX_AUDIO_MINUTES is committed there, with an `error` event saying so; the audio after it
-        goes on in a new item."""
-        limit = max(1, int(self.service.settings.max_audio_seconds * RATE))
+        `samples[0]` (-1: not known, the utterance has begun already and `samples` follow its audio). An
+        utterance that reaches its limit (`_limit`) is committed there, with an `error` event saying so; the
+        audio after it goes on in a new item."""
         while samples.size:
             current = self._start_item()
-            if current.samples == 0:
-                self._starts[current.item_id] = max(position, 0)
-            room = limit - current.samples
+            start = self._starts.setdefault(current.item_id, max(position, 0))
+            limit, cause = self._limit(current)
+            room = max(limit - current.samples, 0)
             current.feed(samples[:room])
             samples = samples[room:]
-            position += room
             if current.samples < limit:
                 return
-            minutes = self.service.settings.max_audio_minutes
+            cut_at = start + current.samples  # the session sample where the next item begins
             cut = InvalidRequestError(
-                f"The utterance reached the limit of {minutes:g} minutes (VOXTRAL_MAX_AUDIO_MINUTES): it is "
-                "committed there, and the audio after it goes on in a new item.",
+                f"The utterance reached the limit of {cause}: it is committed there, and the audio after it goes "
+                "on in a new item.",
                 param="audio",
                 code="audio_too_long",
             )
             self.emit(error_event(cut))
             self._finish_current()
+            position = cut_at
             if self.config.vad is not None:  # inside speech: the rest of it is a new item
-                self.emit(SpeechStarted(audio_start_ms=_ms(self._received), item_id=self._start_item().item_id))
+                following = self._start_item()
+                self._starts[following.item_id] = cut_at
+                self.emit(SpeechStarted(audio_start_ms=_ms(cut_at), item_id=following.item_id))
+
+    def _limit(self, utterance: Utterance) -> tuple[int, str]:
+        """The most samples `utterance` may take, and the setting that says so: VOXTRAL_MAX_AUDIO_MINUTES, and
+        for one whose audio waits in memory (a standard model's, or while the model loads) also
+        VOXTRAL_REALTIME_MAX_UTTERANCE_S."""
+        settings = self.service.settings
+        limit = max(1, int(settings.max_audio_seconds * RATE))
+        cause = f"{settings.max_audio_minutes:g} minutes (VOXTRAL_MAX_AUDIO_MINUTES)"
+        buffered = max(1, int(settings.realtime_max_utterance_s * RATE))
+        if utterance.mode != "live" and buffered < limit:
+            return buffered, f"{settings.realtime_max_utterance_s:g} s (VOXTRAL_REALTIME_MAX_UTTERANCE_S)"
+        return limit, cause
 
     def _commit(self) -> None:
         current = self._current
@@ -252,6 +303,7 @@ class RealtimeSession:
                 self.service.models, self.service.transcription, self.config.resolved_model, self.config.language
             )
             self._current = Utterance(new_id("item"), model, self)
+            self.stats.items += 1
             self._order.append(self._current.item_id)
         return self._current
 
@@ -304,6 +356,7 @@ class RealtimeSession:
         self.emit(error_event(BehindRealTimeError(message)))
 
     def _item_event(self, item_id: str, event: ServerEvent, last: bool = False) -> None:
+        self._progress += 1
         if last:
             self._starts.pop(item_id, None)
         if self.closed or item_id not in self._order:

@@ -29,6 +29,7 @@ from ...errors import GenerationCancelledError, VoxtralError
 from ...models.registry import ModelRegistry
 from ..holds import ModelHold
 from ..transcription import TranscriptionRequest, TranscriptionService
+from .threads import in_thread
 
 logger = logging.getLogger(__name__)
 
@@ -128,11 +129,15 @@ class Utterance:
 
     async def _open(self) -> None:
         try:
-            backend = await asyncio.to_thread(self._acquire)
+            backend = await in_thread(self._acquire)
         except asyncio.CancelledError:
             return
         except VoxtralError as exc:
             self._fail(exc)
+            return
+        except Exception:  # a bug or an out-of-memory error: the item fails, later items go on
+            logger.exception("realtime: taking model %s failed", self.model.name)
+            self._fail(VoxtralError("The server failed to load the model for this item."))
             return
         if self._cancel.is_set():  # cancelled while the model loaded
             self._stack.close()
@@ -154,13 +159,15 @@ class Utterance:
 
     async def _open_stream(self, backend: LiveBackend) -> None:
         try:
-            stream = await asyncio.to_thread(
-                backend.open_stream,
-                language=self.model.language,
-                listener=_Listener(self),
-            )
-        except VoxtralError as exc:
+            stream = await in_thread(backend.open_stream, language=self.model.language, listener=_Listener(self))
+        except asyncio.CancelledError:
             self._stack.close()
+            raise
+        except Exception as exc:  # a VoxtralError, or a bug / out-of-memory error: the item fails
+            self._stack.close()
+            if not isinstance(exc, VoxtralError):
+                logger.exception("realtime: opening a live stream of %s failed", self.model.name)
+                exc = VoxtralError("The server failed to start the live transcription of this item.")
             self._fail(exc)
             return
         if self._cancel.is_set():
@@ -187,7 +194,7 @@ class Utterance:
         # The hold taken at the start serves the request; it is let go when `_stack` closes.
         try:
             with self._stack:
-                result = await asyncio.to_thread(self.model.transcription.transcribe, request)
+                result = await in_thread(self.model.transcription.transcribe, request)
         except asyncio.CancelledError:
             self._cancel.set()
             raise
@@ -195,6 +202,10 @@ class Utterance:
             return
         except VoxtralError as exc:
             self._fail(exc)
+            return
+        except Exception:  # a bug or an out-of-memory error: the item fails, later items go on
+            logger.exception("realtime: transcribing an item with %s failed", self.model.name)
+            self._fail(VoxtralError("The server failed to transcribe this item."))
             return
         if self.mode != "done":
             self.mode = "done"

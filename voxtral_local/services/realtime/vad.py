@@ -100,6 +100,12 @@ class SpeechDetector:
         self._iterator.temp_end = 0
         self.speaking = False
 
+    def take_held(self) -> np.ndarray:
+        """The audio short of a window that the last push left unlooked-at (float32 16 kHz), handed over and
+        forgotten (when VAD is turned off inside an utterance, it belongs to that utterance)."""
+        held, self._rest = self._rest, np.zeros(0, dtype=np.float32)
+        return held
+
     @property
     def position(self) -> int:
         """Session samples looked at so far."""
