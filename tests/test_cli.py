@@ -197,9 +197,9 @@ def test_transcribe_in_process_writes_one_file_per_input_and_reports_a_missing_o
         assert srt.read_text().startswith("1\n00:00:00,000 --> ")
 
 
-@pytest.mark.parametrize(
-    "fmt", ["json", pytest.param("verbose_json", marks=pytest.mark.slow)]
-)  # one in the default loop
+# The in-process path is in the default loop (writing files); the JSON formats to stdout run with `-m slow`.
+@pytest.mark.slow
+@pytest.mark.parametrize("fmt", ["json", "verbose_json"])
 def test_transcribe_in_process_json_formats_to_stdout(tiny_model_dir: Path, audio: Path, fmt: str) -> None:
     result = cli("transcribe", str(audio / "hello.wav"), "--format", fmt, cwd=audio, **model(tiny_model_dir))
 

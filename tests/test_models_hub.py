@@ -86,6 +86,7 @@ def wait_for_log(log: Path, check: Callable[[str], bool], seconds: float = 30) -
         time.sleep(0.05)
 
 
+@pytest.mark.slow  # the 404 itself is in the default loop (test_model_checks)
 def test_a_model_not_downloaded_is_a_404_within_a_second_and_asks_no_hub(tiny_model_dir: Path, tmp_path: Path) -> None:
     """The default model is a directory; the hub model is served but not downloaded, and the hub is down."""
     with (
@@ -133,8 +134,8 @@ def test_a_model_not_downloaded_is_a_404_within_a_second_and_asks_no_hub(tiny_mo
         assert response.status_code == 404 and response.json()["error"]["code"] == "model_not_downloaded"
 
 
-# A refused connection fails the same way as a silent hub, only sooner: it runs with `-m slow`.
-@pytest.mark.parametrize("kind", [pytest.param("closed", marks=pytest.mark.slow), "silent"])
+# A silent hub fails the same way as a refused connection, only later (its timeouts): it runs with `-m slow`.
+@pytest.mark.parametrize("kind", ["closed", pytest.param("silent", marks=pytest.mark.slow)])
 def test_an_unreachable_hub_fails_a_pull_within_seconds_in_one_log_line(
     tiny_model_dir: Path, tmp_path: Path, kind: str
 ) -> None:
@@ -235,6 +236,7 @@ def test_pulls_of_two_models_run_side_by_side(mirror: HubMirror, tmp_path: Path)
         assert listed[MINI] and listed[SMALL]
 
 
+@pytest.mark.slow  # the conflict itself is tested on the store (test_models_store)
 def test_a_model_being_pulled_is_not_deleted(mirror: HubMirror, tmp_path: Path) -> None:
     with hub_server(mirror.url, tmp_path, model=MINI, models=SMALL) as (url, _):
         mirror.requests.clear()

@@ -196,6 +196,7 @@ def test_a_streamed_upload_over_the_limit_by_its_header_is_a_400(tiny_model_dir:
     assert info.value.response.json()["error"]["code"] == "audio_too_long"
 
 
+@pytest.mark.slow  # the streamed request's early start is in the default loop
 def test_a_plain_request_also_starts_before_the_whole_upload_is_decoded(
     base_url: str, speech: np.ndarray, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -131,6 +131,7 @@ def record_until_an_utterance_completes(page: Page) -> None:
     expect(page.locator("#error")).to_be_hidden()
 
 
+@pytest.mark.slow  # the page's microphone runs in the default loop with the key and with a realtime model
 def test_microphone_shows_the_live_transcript(page: Page, base_url: str) -> None:
     """Record from the (fake) microphone: the audio goes over /v1/realtime, each utterance's text appears as
     it is transcribed; stopping ends the session and the text can be copied."""
